@@ -1,1 +1,14 @@
-//! xenmaint
+//! xenmaint: safe, resumable hypervisor maintenance for Xen dom0 hosts.
+//!
+//! - [`domain`]: plain data about a host and its domains.
+//! - [`toolstack`]: the seam every higher layer speaks.
+//! - [`libxl`]: the real toolstack (safe wrapper over xenlight-sys).
+//! - [`sim`]: a simulated host for logic, fault-injection and scale tests.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod domain;
+pub mod exit;
+pub mod libxl;
+pub mod sim;
+pub mod toolstack;

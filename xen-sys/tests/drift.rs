@@ -9,14 +9,20 @@ fn vendored_bindings_match_installed_headers() {
          so drift cannot be checked: install libclang-dev",
     );
     let generated = std::fs::read_to_string(generated).expect("read generated bindings");
-    let vendored_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../vendor/xenlight-4.17/bindings.rs");
+    let vendored_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../vendor/xenlight-4.17/bindings.rs"
+    );
     let vendored = std::fs::read_to_string(vendored_path).expect("read vendored bindings");
     if generated != vendored {
         let line = generated
             .lines()
             .zip(vendored.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(|| generated.lines().count().min(vendored.lines().count()), |i| i)
+            .map_or_else(
+                || generated.lines().count().min(vendored.lines().count()),
+                |i| i,
+            )
             + 1;
         panic!(
             "vendor/xenlight-4.17/bindings.rs differs from the installed headers' bindings \

@@ -1,0 +1,15 @@
+//! Exit codes, one meaning each. Scripts may rely on them; they are listed in
+//! README.md and only ever added to.
+
+/// Everything asked was done.
+pub const SUCCESS: i32 = 0;
+/// An operation failed (the message says which and why).
+pub const FAILURE: i32 = 1;
+/// The command line was wrong (clap's own code for usage errors).
+pub const USAGE: i32 = 2;
+/// No usable Xen toolstack here: not a dom0, not root, toolstack down.
+pub const NOT_DOM0: i32 = 3;
+/// The named domain does not exist.
+pub const NO_SUCH_DOMAIN: i32 = 4;
+/// An input file (simulated host, image, journal...) is missing or invalid.
+pub const BAD_INPUT: i32 = 5;

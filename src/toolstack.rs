@@ -1,0 +1,76 @@
+//! The seam between xenmaint's logic and a host: the sequencer and the CLI
+//! speak only this trait. `Libxl` drives a real dom0; `Sim` is an in-process
+//! simulated host for logic, fault injection and scale tests (never Xen).
+
+use crate::domain::{DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo};
+
+/// Why a toolstack call failed. One message each; the CLI maps them to exit
+/// codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolstackError {
+    /// This machine cannot drive Xen at all.
+    #[error("not a Xen dom0: {0}")]
+    NotDom0(String),
+    /// Xen is there but we may not use it.
+    #[error("permission denied on {path}: xenmaint must run as root in dom0")]
+    PermissionDenied { path: String },
+    #[error("no such domain: {0}")]
+    NoSuchDomain(DomainRef),
+    /// A libxl call returned an error code.
+    #[error("libxl {call} failed: {}", crate::libxl::error_name(*.code))]
+    Libxl { call: &'static str, code: i32 },
+    /// libxl produced JSON we could not read.
+    #[error("libxl {call} returned unreadable JSON: {detail}")]
+    BadJson { call: &'static str, detail: String },
+    /// A failure the simulator was told to inject.
+    #[error("simulated failure of {call}: {message}")]
+    Injected { call: Call, message: String },
+}
+
+/// Every call of the trait by name, so the simulator can fail any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    ListDomains,
+    DomainDetail,
+    Version,
+    Physinfo,
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(v.as_str().unwrap_or("?"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ToolstackError>;
+
+/// A Xen host as the rest of xenmaint sees it. Read-only for now; save,
+/// restore and lifecycle calls join it with the domain-operations work.
+pub trait Toolstack {
+    /// Whether this is the simulator; output says so visibly.
+    fn simulated(&self) -> bool;
+
+    /// Every domain, dom0 included, ordered by domid.
+    fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+
+    /// One domain's devices and configuration.
+    fn domain_detail(&self, domid: DomId) -> Result<DomainDetail>;
+
+    /// The running hypervisor.
+    fn version(&self) -> Result<HypervisorVersion>;
+
+    /// Host memory and CPUs.
+    fn physinfo(&self) -> Result<PhysInfo>;
+
+    /// Resolves a name or id the way xl does, against the live list (which is
+    /// also how libxl_name_to_domid works).
+    fn resolve(&self, r: &DomainRef) -> Result<DomainInfo> {
+        let found = self.list_domains()?.into_iter().find(|d| match r {
+            DomainRef::Id(id) => d.domid == *id,
+            DomainRef::Name(n) => d.name == *n,
+        });
+        found.ok_or_else(|| ToolstackError::NoSuchDomain(r.clone()))
+    }
+}

@@ -1,0 +1,237 @@
+//! The xenmaint binary as a user and a script see it, on the simulated host
+//! (and, for the dom0 check, on this machine's real state).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::Value;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json")
+}
+
+fn xenmaint() -> Command {
+    let mut c = Command::cargo_bin("xenmaint").unwrap();
+    c.env_remove("XENMAINT_LOG");
+    c
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Run {
+    let o = xenmaint().args(args).output().unwrap();
+    Run {
+        code: o.status.code().expect("exited, not killed by a signal"),
+        stdout: String::from_utf8(o.stdout).unwrap(),
+        stderr: String::from_utf8(o.stderr).unwrap(),
+    }
+}
+
+fn sim(args: &[&str]) -> Run {
+    let ex = example();
+    let mut all = vec!["--sim", ex.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Writes a simulated host: the example with `edit` applied.
+fn custom_host(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let mut host: Value =
+        serde_json::from_str(&std::fs::read_to_string(example()).unwrap()).unwrap();
+    edit(&mut host);
+    let path = dir.join("host.json");
+    std::fs::write(&path, serde_json::to_string(&host).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn help_lists_the_verbs_and_exit_codes() {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, 0);
+    for verb in ["list", "info", "version", "--sim", "--json", "Exit codes"] {
+        assert!(r.stdout.contains(verb), "{verb} missing from --help");
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(run(&["frobnicate"]).code, 2);
+    assert_eq!(run(&["info"]).code, 2);
+}
+
+#[test]
+fn list_off_dom0_is_one_clear_line() {
+    if Path::new("/dev/xen/privcmd").exists() {
+        // A dom0: the real list must work instead.
+        assert_eq!(run(&["list"]).code, 0);
+        return;
+    }
+    let r = run(&["list"]);
+    assert_eq!(r.code, 3, "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "");
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+    assert!(
+        r.stderr.starts_with("xenmaint: not a Xen dom0: "),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn sim_list_json_prints_every_guest_with_devices() {
+    let r = sim(&["list", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = json_lines(&r.stdout);
+    let names: Vec<&str> = recs.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Domain-0", "web-1", "db-1", "cache-1"]);
+    for v in &recs {
+        assert_eq!(v["simulated"], true);
+        assert!(v.get("config").is_none(), "list lines carry no config");
+    }
+    assert_eq!(recs[1]["nics"][0]["mac"], "00:16:3e:5a:00:01");
+    assert_eq!(recs[1]["nics"][0]["ip"], "10.0.2.21");
+    assert_eq!(recs[1]["disks"][0]["path"], "/var/lib/xen-guests/web-1.img");
+    assert_eq!(recs[2]["memory_kib"], 524288);
+}
+
+#[test]
+fn sim_human_output_is_marked_simulated() {
+    for verb in ["list", "version"] {
+        let r = sim(&[verb]);
+        assert_eq!(r.code, 0);
+        assert!(
+            r.stdout.starts_with("# SIMULATED HOST ("),
+            "{verb}: {}",
+            r.stdout
+        );
+    }
+    let r = sim(&["list"]);
+    assert!(r.stdout.contains("web-1") && r.stdout.contains("10.0.2.21"));
+}
+
+#[test]
+fn info_by_name_and_by_id_with_config() {
+    let by_name = json_lines(&sim(&["info", "db-1", "--json"]).stdout);
+    let by_id = json_lines(&sim(&["info", "2", "--json"]).stdout);
+    assert_eq!(by_name, by_id);
+    let d = &by_name[0];
+    assert_eq!(d["domid"], 2);
+    assert_eq!(d["config"]["c_info"]["name"], "db-1");
+    assert_eq!(d["config"]["nics"][0]["mac"], d["nics"][0]["mac"]);
+}
+
+#[test]
+fn unknown_domain_exits_4() {
+    let r = sim(&["info", "no-such-guest"]);
+    assert_eq!(r.code, 4);
+    assert_eq!(r.stderr.trim(), "xenmaint: no such domain: no-such-guest");
+    assert_eq!(sim(&["info", "77"]).code, 4);
+}
+
+#[test]
+fn version_json_reports_the_hypervisor() {
+    let v = &json_lines(&sim(&["version", "--json"]).stdout)[0];
+    assert_eq!(v["hypervisor"]["release"], "4.17.5");
+    assert_eq!(v["hypervisor"]["major"], 4);
+    assert_eq!(v["xenmaint"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["host"]["nr_cpus"], 2);
+    assert_eq!(v["simulated"], true);
+}
+
+#[test]
+fn missing_or_corrupt_sim_file_exits_5_naming_it() {
+    let r = run(&["--sim", "/nonexistent/host.json", "list"]);
+    assert_eq!(r.code, 5);
+    assert!(r.stderr.contains("/nonexistent/host.json"), "{}", r.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{ not json").unwrap();
+    let r = run(&["--sim", bad.to_str().unwrap(), "list"]);
+    assert_eq!(r.code, 5);
+    assert!(
+        r.stderr.contains("bad.json") && r.stderr.contains("not valid"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn injected_fault_fails_the_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = custom_host(dir.path(), |h| {
+        h["faults"] = serde_json::json!([{"call": "list_domains", "message": "xenstored hung"}]);
+    });
+    let r = run(&["--sim", host.to_str().unwrap(), "list"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("simulated failure of list_domains: xenstored hung"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn hostile_names_cannot_break_tables_or_json() {
+    let evil = "evil\n\u{1b}[2J\tname/../x";
+    let dir = tempfile::tempdir().unwrap();
+    let host = custom_host(dir.path(), |h| h["domains"][1]["name"] = evil.into());
+    let h = host.to_str().unwrap();
+
+    let r = run(&["--sim", h, "list"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        r.stdout.lines().count(),
+        1 + 1 + 4,
+        "banner, header, 4 domains"
+    );
+    assert!(!r.stdout.contains('\u{1b}'), "escape reached the terminal");
+
+    let recs = json_lines(&run(&["--sim", h, "list", "--json"]).stdout);
+    assert_eq!(recs[1]["name"], evil, "JSON keeps the exact name");
+    assert_eq!(run(&["--sim", h, "info", evil]).code, 0);
+}
+
+#[test]
+fn closed_pipe_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = custom_host(dir.path(), |h| {
+        let template = h["domains"][1].clone();
+        let domains = h["domains"].as_array_mut().unwrap();
+        for i in 10..20010u32 {
+            let mut d = template.clone();
+            d["domid"] = i.into();
+            d["name"] = format!("g{i}").into();
+            d["uuid"] = format!("00000000-0000-0000-0000-{i:012}").into();
+            domains.push(d);
+        }
+    });
+    let mut child = xenmaint()
+        .args(["--sim", host.to_str().unwrap(), "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: xenmaint now writes into a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("Domain-0"));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
