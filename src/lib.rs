@@ -4,11 +4,13 @@
 //! - [`toolstack`]: the seam every higher layer speaks.
 //! - [`libxl`]: the real toolstack (safe wrapper over xenlight-sys).
 //! - [`sim`]: a simulated host for logic, fault-injection and scale tests.
+//! - [`image`]: xl-format save images and their checks.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod domain;
 pub mod exit;
+pub mod image;
 pub mod libxl;
 pub mod sim;
 pub mod toolstack;
