@@ -117,6 +117,19 @@ impl fmt::Display for DomainState {
     }
 }
 
+/// Why a domain shut down (libxl_shutdown_reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownReason {
+    Poweroff,
+    Reboot,
+    Suspend,
+    Crash,
+    Watchdog,
+    SoftReset,
+    Unknown,
+}
+
 /// Guest virtualisation mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -258,6 +271,9 @@ pub struct DomainInfo {
     pub max_memory_kib: u64,
     /// Online vCPUs.
     pub vcpus: u32,
+    /// Set while the domain is shut down (and not yet destroyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_reason: Option<ShutdownReason>,
 }
 
 /// A virtual network interface, as configured.
@@ -449,6 +465,7 @@ mod tests {
                 memory_kib: 131072,
                 max_memory_kib: 131072,
                 vcpus: 1,
+                shutdown_reason: None,
             },
             nics: vec![Nic {
                 devid: 0,

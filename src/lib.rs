@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod domain;
+pub mod durable;
 pub mod exit;
 pub mod image;
 pub mod libxl;

@@ -7,12 +7,18 @@
 //! `xenmaint info --json` prints), and faults to inject.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo};
-use crate::toolstack::{Call, Result, Toolstack, ToolstackError};
+use crate::domain::{
+    Disk, DomId, DomainDetail, DomainInfo, DomainRef, DomainState, DomainType, HypervisorVersion,
+    Mac, Nic, PhysInfo, ShutdownReason, Uuid,
+};
+use crate::image::{synth, StreamScanner};
+use crate::toolstack::{Call, Request, Result, Toolstack, ToolstackError};
 
 /// A failure to inject: `call` fails with `message`, for every domain or only
 /// for `domid`.
@@ -25,6 +31,16 @@ pub struct Fault {
     pub message: String,
 }
 
+/// A simulated domain: what `info --json` shows, plus how its guest behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimDomain {
+    #[serde(flatten)]
+    pub detail: DomainDetail,
+    /// The guest never acts on shutdown or reboot requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignores_shutdown: bool,
+}
+
 /// The JSON description of a simulated host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +49,7 @@ pub struct SimHost {
     pub description: String,
     pub hypervisor: HypervisorVersion,
     pub physinfo: PhysInfo,
-    pub domains: Vec<DomainDetail>,
+    pub domains: Vec<SimDomain>,
     #[serde(default)]
     pub faults: Vec<Fault>,
 }
@@ -55,11 +71,15 @@ pub enum SimError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// A simulated host. Deterministic: the same description gives the same
-/// answers, in domid order.
-#[derive(Debug, Clone)]
+/// Pages in a simulated save stream: enough to exercise the image code, not
+/// a guest's real size (thousands of simulated guests must stay cheap).
+const SIM_PAGES: usize = 2;
+
+/// A simulated host. Deterministic: the same description and the same calls
+/// give the same answers, in domid order.
+#[derive(Debug)]
 pub struct Sim {
-    host: SimHost,
+    host: Mutex<SimHost>,
 }
 
 impl Sim {
@@ -81,13 +101,13 @@ impl Sim {
     /// Checks the description as a real host would be: one dom0, unique
     /// domids, names and UUIDs.
     pub fn new(mut host: SimHost) -> std::result::Result<Sim, String> {
-        host.domains.sort_by_key(|d| d.info.domid);
-        if host.domains.first().map(|d| d.info.domid) != Some(0) {
+        host.domains.sort_by_key(|d| d.detail.info.domid);
+        if host.domains.first().map(|d| d.detail.info.domid) != Some(0) {
             return Err("no domain 0 (every Xen host has dom0)".into());
         }
         let (mut ids, mut names, mut uuids) = (HashSet::new(), HashSet::new(), HashSet::new());
         for d in &host.domains {
-            let i = &d.info;
+            let i = &d.detail.info;
             if i.name.is_empty() {
                 return Err(format!("domain {} has an empty name", i.domid));
             }
@@ -101,29 +121,167 @@ impl Sim {
                 return Err(format!("uuid {} appears twice", i.uuid));
             }
         }
-        Ok(Sim { host })
+        Ok(Sim {
+            host: Mutex::new(host),
+        })
     }
 
     /// Makes `call` fail from now on (for `domid` only, if given).
-    pub fn inject(&mut self, fault: Fault) {
-        self.host.faults.push(fault);
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
     }
 
-    fn check(&self, call: Call, domid: Option<DomId>) -> Result<()> {
-        match self
-            .host
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// The host as it is now, in its JSON shape.
+    pub fn snapshot(&self) -> SimHost {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimHost> {
+        // A panic elsewhere cannot leave SimHost half-updated in a way that
+        // matters to a simulation; keep going.
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails if a fault is injected for this call, then runs `f` on the host.
+    fn with<T>(
+        &self,
+        call: Call,
+        domid: Option<DomId>,
+        f: impl FnOnce(&mut SimHost) -> Result<T>,
+    ) -> Result<T> {
+        let mut host = self.lock();
+        if let Some(fault) = host
             .faults
             .iter()
             .find(|f| f.call == call && (f.domid.is_none() || f.domid == domid))
         {
-            Some(f) => Err(ToolstackError::Injected {
+            return Err(ToolstackError::Injected {
                 call,
-                message: f.message.clone(),
-            }),
-            None => Ok(()),
+                message: fault.message.clone(),
+            });
         }
+        f(&mut host)
+    }
+
+    /// Builds a domain from a libxl config, as libxl_domain_create_* would,
+    /// left paused.
+    fn add_from_config(host: &mut SimHost, config: &serde_json::Value) -> Result<DomId> {
+        let bad = |detail: &str| ToolstackError::BadJson {
+            call: "libxl_domain_config_from_json",
+            detail: detail.to_owned(),
+        };
+        let c_info = &config["c_info"];
+        let name = c_info["name"]
+            .as_str()
+            .ok_or_else(|| bad("no c_info.name"))?;
+        let uuid: Uuid = c_info["uuid"]
+            .as_str()
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| bad("no valid c_info.uuid"))?;
+        if host
+            .domains
+            .iter()
+            .any(|d| d.detail.info.name == name || d.detail.info.uuid == uuid)
+        {
+            // libxl refuses a second domain with the same name or UUID.
+            return Err(ToolstackError::Libxl {
+                call: "libxl_domain_create",
+                code: xenlight_sys::ERROR_INVAL,
+            });
+        }
+        let domid = host
+            .domains
+            .iter()
+            .map(|d| d.detail.info.domid)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let b_info = &config["b_info"];
+        let memory_kib = b_info["target_memkb"].as_u64().unwrap_or(0);
+        let nics = config["nics"]
+            .as_array()
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Ok(Nic {
+                    devid: n["devid"].as_i64().unwrap_or(i as i64) as i32,
+                    mac: n["mac"]
+                        .as_str()
+                        .and_then(|m| m.parse::<Mac>().ok())
+                        .ok_or_else(|| bad("nic without a valid mac"))?,
+                    bridge: n["bridge"].as_str().map(str::to_owned),
+                    ip: n["ip"].as_str().map(str::to_owned),
+                    script: n["script"].as_str().map(str::to_owned),
+                    backend_domid: 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let disks = config["disks"]
+            .as_array()
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|d| Disk {
+                path: d["pdev_path"].as_str().map(str::to_owned),
+                vdev: d["vdev"].as_str().unwrap_or_default().to_owned(),
+                format: d["format"].as_str().unwrap_or("raw").to_owned(),
+                backend: d["backend"].as_str().unwrap_or("phy").to_owned(),
+                readwrite: d["readwrite"].as_i64().unwrap_or(1) != 0,
+                cdrom: d["is_cdrom"].as_i64().unwrap_or(0) != 0,
+                backend_domid: 0,
+            })
+            .collect();
+        let dtype = match c_info["type"].as_str() {
+            Some("pv") => DomainType::Pv,
+            Some("pvh") => DomainType::Pvh,
+            Some("hvm") => DomainType::Hvm,
+            _ => DomainType::Unknown,
+        };
+        host.domains.push(SimDomain {
+            detail: DomainDetail {
+                info: DomainInfo {
+                    domid,
+                    name: name.to_owned(),
+                    uuid,
+                    state: DomainState::Paused,
+                    dtype,
+                    memory_kib,
+                    max_memory_kib: b_info["max_memkb"].as_u64().unwrap_or(memory_kib),
+                    vcpus: b_info["max_vcpus"].as_u64().unwrap_or(1) as u32,
+                    shutdown_reason: None,
+                },
+                nics,
+                disks,
+                config: Some(config.clone()),
+            },
+            ignores_shutdown: false,
+        });
+        Ok(domid)
     }
 }
+
+fn find(host: &mut SimHost, domid: DomId) -> Result<&mut SimDomain> {
+    host.domains
+        .iter_mut()
+        .find(|d| d.detail.info.domid == domid)
+        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
+}
+
+/// The first page of a simulated save names the guest it came from.
+fn sim_tag(uuid: Uuid) -> Vec<u8> {
+    format!("xenmaint-sim:{uuid}").into_bytes()
+}
+
+/// Where `stream_with` puts the tag: after the headers and the first
+/// PAGE_DATA record's count and pfn.
+const TAG_OFFSET: usize = 80 + 8 + 16;
 
 impl Toolstack for Sim {
     fn simulated(&self) -> bool {
@@ -131,28 +289,122 @@ impl Toolstack for Sim {
     }
 
     fn list_domains(&self) -> Result<Vec<DomainInfo>> {
-        self.check(Call::ListDomains, None)?;
-        Ok(self.host.domains.iter().map(|d| d.info.clone()).collect())
+        self.with(Call::ListDomains, None, |h| {
+            Ok(h.domains.iter().map(|d| d.detail.info.clone()).collect())
+        })
     }
 
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail> {
-        self.check(Call::DomainDetail, Some(domid))?;
-        self.host
-            .domains
-            .iter()
-            .find(|d| d.info.domid == domid)
-            .cloned()
-            .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
+        self.with(Call::DomainDetail, Some(domid), |h| {
+            Ok(find(h, domid)?.detail.clone())
+        })
     }
 
     fn version(&self) -> Result<HypervisorVersion> {
-        self.check(Call::Version, None)?;
-        Ok(self.host.hypervisor.clone())
+        self.with(Call::Version, None, |h| Ok(h.hypervisor.clone()))
     }
 
     fn physinfo(&self) -> Result<PhysInfo> {
-        self.check(Call::Physinfo, None)?;
-        Ok(self.host.physinfo)
+        self.with(Call::Physinfo, None, |h| Ok(h.physinfo))
+    }
+
+    fn save(&self, domid: DomId, _live: bool, out: &mut (dyn Write + Send)) -> Result<()> {
+        self.with(Call::Save, Some(domid), |h| {
+            let d = find(h, domid)?;
+            if d.detail.info.state == DomainState::Shutdown {
+                return Err(ToolstackError::Libxl {
+                    call: "libxl_domain_suspend",
+                    code: xenlight_sys::ERROR_FAIL,
+                });
+            }
+            out.write_all(&synth::stream_with(SIM_PAGES, &sim_tag(d.detail.info.uuid)))
+                .and_then(|()| out.flush())
+                .map_err(|e| {
+                    ToolstackError::Stream(format!("writing the save stream failed: {e}"))
+                })?;
+            d.detail.info.state = DomainState::Shutdown;
+            d.detail.info.shutdown_reason = Some(ShutdownReason::Suspend);
+            Ok(())
+        })
+    }
+
+    fn resume(&self, domid: DomId) -> Result<()> {
+        self.with(Call::Resume, Some(domid), |h| {
+            let d = find(h, domid)?;
+            d.detail.info.state = DomainState::Running;
+            d.detail.info.shutdown_reason = None;
+            Ok(())
+        })
+    }
+
+    fn destroy(&self, domid: DomId) -> Result<()> {
+        self.with(Call::Destroy, Some(domid), |h| {
+            find(h, domid)?;
+            h.domains.retain(|d| d.detail.info.domid != domid);
+            Ok(())
+        })
+    }
+
+    fn restore(&self, config: &serde_json::Value, input: &mut (dyn Read + Send)) -> Result<DomId> {
+        self.with(Call::Restore, None, |h| {
+            let mut stream = Vec::new();
+            input
+                .read_to_end(&mut stream)
+                .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
+            let mut scanner = StreamScanner::new();
+            scanner
+                .feed(&stream)
+                .and_then(|()| scanner.finish().map(|_| ()))
+                .map_err(|e| ToolstackError::Stream(e.to_string()))?;
+            let domid = Sim::add_from_config(h, config)?;
+            let uuid = find(h, domid)?.detail.info.uuid;
+            let tag = sim_tag(uuid);
+            if stream.get(TAG_OFFSET..TAG_OFFSET + tag.len()) != Some(&tag[..]) {
+                h.domains.retain(|d| d.detail.info.domid != domid);
+                return Err(ToolstackError::Stream(
+                    "simulated stream belongs to another guest".into(),
+                ));
+            }
+            Ok(domid)
+        })
+    }
+
+    fn create(&self, config: &serde_json::Value) -> Result<DomId> {
+        self.with(Call::Create, None, |h| Sim::add_from_config(h, config))
+    }
+
+    fn pause(&self, domid: DomId) -> Result<()> {
+        self.with(Call::Pause, Some(domid), |h| {
+            find(h, domid)?.detail.info.state = DomainState::Paused;
+            Ok(())
+        })
+    }
+
+    fn unpause(&self, domid: DomId) -> Result<()> {
+        self.with(Call::Unpause, Some(domid), |h| {
+            find(h, domid)?.detail.info.state = DomainState::Running;
+            Ok(())
+        })
+    }
+
+    fn request(&self, domid: DomId, what: Request) -> Result<()> {
+        let call = match what {
+            Request::Shutdown => Call::Shutdown,
+            Request::Reboot => Call::Reboot,
+        };
+        self.with(call, Some(domid), |h| {
+            let d = find(h, domid)?;
+            if !d.ignores_shutdown {
+                // The guest acts at once; like a real one, it stays a
+                // shut-down domain until the toolstack destroys it.
+                d.detail.info.state = DomainState::Shutdown;
+                d.detail.info.shutdown_reason = Some(match what {
+                    Request::Shutdown => ShutdownReason::Poweroff,
+                    Request::Reboot => ShutdownReason::Reboot,
+                });
+            }
+            Ok(())
+        })
     }
 }
 
@@ -172,6 +424,7 @@ mod tests {
                 memory_kib: 1024,
                 max_memory_kib: 1024,
                 vcpus: 1,
+                shutdown_reason: None,
             },
             nics: vec![],
             disks: vec![],
@@ -180,6 +433,13 @@ mod tests {
     }
 
     fn host(domains: Vec<DomainDetail>) -> SimHost {
+        let domains = domains
+            .into_iter()
+            .map(|detail| SimDomain {
+                detail,
+                ignores_shutdown: false,
+            })
+            .collect();
         SimHost {
             description: String::new(),
             hypervisor: HypervisorVersion {
@@ -239,7 +499,7 @@ mod tests {
 
     #[test]
     fn injected_faults_fail_exactly_their_call() {
-        let mut sim = Sim::new(host(vec![dom(0, "Domain-0"), dom(1, "a"), dom(2, "b")])).unwrap();
+        let sim = Sim::new(host(vec![dom(0, "Domain-0"), dom(1, "a"), dom(2, "b")])).unwrap();
         sim.inject(Fault {
             call: Call::DomainDetail,
             domid: Some(2),

@@ -2,6 +2,8 @@
 //! speak only this trait. `Libxl` drives a real dom0; `Sim` is an in-process
 //! simulated host for logic, fault injection and scale tests (never Xen).
 
+use std::io::{Read, Write};
+
 use crate::domain::{DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo};
 
 /// Why a toolstack call failed. One message each; the CLI maps them to exit
@@ -22,6 +24,9 @@ pub enum ToolstackError {
     /// libxl produced JSON we could not read.
     #[error("libxl {call} returned unreadable JSON: {detail}")]
     BadJson { call: &'static str, detail: String },
+    /// Writing the save stream out (or reading it in) failed on our side.
+    #[error("{0}")]
+    Stream(String),
     /// A failure the simulator was told to inject.
     #[error("simulated failure of {call}: {message}")]
     Injected { call: Call, message: String },
@@ -35,6 +40,22 @@ pub enum Call {
     DomainDetail,
     Version,
     Physinfo,
+    Save,
+    Resume,
+    Destroy,
+    Restore,
+    Create,
+    Pause,
+    Unpause,
+    Shutdown,
+    Reboot,
+}
+
+/// What a guest is asked to do by `request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Shutdown,
+    Reboot,
 }
 
 impl std::fmt::Display for Call {
@@ -48,7 +69,7 @@ pub type Result<T> = std::result::Result<T, ToolstackError>;
 
 /// A Xen host as the rest of xenmaint sees it. Read-only for now; save,
 /// restore and lifecycle calls join it with the domain-operations work.
-pub trait Toolstack {
+pub trait Toolstack: Sync {
     /// Whether this is the simulator; output says so visibly.
     fn simulated(&self) -> bool;
 
@@ -63,6 +84,35 @@ pub trait Toolstack {
 
     /// Host memory and CPUs.
     fn physinfo(&self) -> Result<PhysInfo>;
+
+    /// Suspends the domain and writes its libxl stream into `out` (the xl
+    /// header is the caller's). On success the domain is left suspended, not
+    /// destroyed: the caller destroys it once the image is safe, or resumes
+    /// it. `live` copies memory while the guest runs, pausing it only for the
+    /// last round.
+    fn save(&self, domid: DomId, live: bool, out: &mut (dyn Write + Send)) -> Result<()>;
+
+    /// Cancels a suspend: the guest runs on where it stopped (what xl does
+    /// after a failed save, and for `xl save -c`).
+    fn resume(&self, domid: DomId) -> Result<()>;
+
+    /// Destroys the domain at once.
+    fn destroy(&self, domid: DomId) -> Result<()>;
+
+    /// Creates a domain from `config` (libxl JSON) and the libxl stream read
+    /// from `input`. The new domain is left paused.
+    fn restore(&self, config: &serde_json::Value, input: &mut (dyn Read + Send)) -> Result<DomId>;
+
+    /// Boots a new domain from `config` (libxl JSON), left paused.
+    fn create(&self, config: &serde_json::Value) -> Result<DomId>;
+
+    fn pause(&self, domid: DomId) -> Result<()>;
+
+    fn unpause(&self, domid: DomId) -> Result<()>;
+
+    /// Asks the guest to shut down or reboot; returns once asked, not once
+    /// done (callers wait on the domain list).
+    fn request(&self, domid: DomId, what: Request) -> Result<()>;
 
     /// Resolves a name or id the way xl does, against the live list (which is
     /// also how libxl_name_to_domid works).

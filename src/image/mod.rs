@@ -8,10 +8,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub use header::{XlHeader, FLAG_JSON, FLAG_STREAM_V2, MAGIC};
-pub use stream::{GuestKind, StreamScanner, StreamSummary};
-
-#[cfg(test)]
-pub(crate) use stream::synth;
+pub use stream::{synth, GuestKind, StreamScanner, StreamSummary};
 
 /// Why an image cannot be used. One message each.
 #[derive(Debug, thiserror::Error)]

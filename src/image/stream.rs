@@ -371,13 +371,19 @@ impl StreamScanner {
     }
 }
 
-/// Builds synthetic streams for tests (here and in other modules).
-#[cfg(test)]
-pub(crate) mod synth {
+/// Synthetic streams: what the simulator "saves", and test material. They
+/// are structurally valid but hold no guest: nothing can boot from them.
+pub mod synth {
     /// A minimal valid PV stream: libxl header, LIBXC_CONTEXT, libxc headers,
     /// `pages` PAGE_DATA records of one page each, libxc END, an emulator
     /// xenstore record, libxl END.
     pub fn stream(pages: usize) -> Vec<u8> {
+        stream_with(pages, &[])
+    }
+
+    /// As `stream`, with `tag` written into the first page (the simulator
+    /// keeps a guest's identity there to prove what was restored).
+    pub fn stream_with(pages: usize, tag: &[u8]) -> Vec<u8> {
         let mut s = Vec::new();
         s.extend_from_slice(&super::LIBXL_IDENT.to_be_bytes());
         s.extend_from_slice(&2u32.to_be_bytes());
@@ -398,7 +404,12 @@ pub(crate) mod synth {
             body.extend_from_slice(&1u32.to_ne_bytes());
             body.extend_from_slice(&0u32.to_ne_bytes());
             body.extend_from_slice(&(p as u64).to_ne_bytes());
-            body.extend(std::iter::repeat_n((p % 251) as u8, 4096));
+            let mut page = vec![(p % 251) as u8; 4096];
+            if p == 0 {
+                let n = tag.len().min(4096);
+                page[..n].copy_from_slice(&tag[..n]);
+            }
+            body.extend_from_slice(&page);
             rec(&mut s, 1, &body);
         }
         rec(&mut s, 0x8000_0042, &[1, 2, 3]); // optional, unknown: skipped
@@ -416,6 +427,7 @@ pub(crate) mod synth {
     }
 
     /// Offsets at which records (and headers) start, for truncation tests.
+    #[cfg(test)]
     pub fn boundaries(pages: usize) -> Vec<usize> {
         let mut v = vec![0, 16, 24, 48, 64, 80];
         let mut at = 80;

@@ -5,12 +5,13 @@ use std::ffi::{c_char, c_int};
 
 use xenlight_sys as sys;
 
+use super::lifecycle;
 use super::{opt_string, Context};
 use crate::domain::{
     Disk, DomId, DomainDetail, DomainInfo, DomainRef, DomainType, HypervisorVersion, Mac, Nic,
-    PhysInfo, StateFlags, Uuid,
+    PhysInfo, ShutdownReason, StateFlags, Uuid,
 };
-use crate::toolstack::{Result, Toolstack, ToolstackError};
+use crate::toolstack::{Request, Result, Toolstack, ToolstackError};
 
 /// The real toolstack: libxl on this dom0.
 pub struct Libxl {
@@ -24,7 +25,7 @@ impl Libxl {
         })
     }
 
-    fn ctx(&self) -> *mut sys::libxl_ctx {
+    pub(super) fn ctx(&self) -> *mut sys::libxl_ctx {
         self.ctx.as_ptr()
     }
 
@@ -158,6 +159,15 @@ fn info_from(d: &sys::libxl_dominfo, name: String) -> DomainInfo {
         memory_kib: d.current_memkb,
         max_memory_kib: d.max_memkb,
         vcpus: d.vcpu_online,
+        shutdown_reason: d.shutdown.then_some(match d.shutdown_reason {
+            sys::LIBXL_SHUTDOWN_REASON_POWEROFF => ShutdownReason::Poweroff,
+            sys::LIBXL_SHUTDOWN_REASON_REBOOT => ShutdownReason::Reboot,
+            sys::LIBXL_SHUTDOWN_REASON_SUSPEND => ShutdownReason::Suspend,
+            sys::LIBXL_SHUTDOWN_REASON_CRASH => ShutdownReason::Crash,
+            sys::LIBXL_SHUTDOWN_REASON_WATCHDOG => ShutdownReason::Watchdog,
+            sys::LIBXL_SHUTDOWN_REASON_SOFT_RESET => ShutdownReason::SoftReset,
+            _ => ShutdownReason::Unknown,
+        }),
     }
 }
 
@@ -261,6 +271,42 @@ impl Toolstack for Libxl {
             });
         }
         Ok(info)
+    }
+
+    fn save(&self, domid: DomId, live: bool, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
+        lifecycle::save(self, domid, live, out)
+    }
+
+    fn resume(&self, domid: DomId) -> Result<()> {
+        lifecycle::resume(self, domid)
+    }
+
+    fn destroy(&self, domid: DomId) -> Result<()> {
+        lifecycle::destroy(self, domid)
+    }
+
+    fn restore(
+        &self,
+        config: &serde_json::Value,
+        input: &mut (dyn std::io::Read + Send),
+    ) -> Result<DomId> {
+        lifecycle::restore(self, config, input)
+    }
+
+    fn create(&self, config: &serde_json::Value) -> Result<DomId> {
+        lifecycle::create(self, config)
+    }
+
+    fn pause(&self, domid: DomId) -> Result<()> {
+        lifecycle::pause(self, domid)
+    }
+
+    fn unpause(&self, domid: DomId) -> Result<()> {
+        lifecycle::unpause(self, domid)
+    }
+
+    fn request(&self, domid: DomId, what: Request) -> Result<()> {
+        lifecycle::request(self, domid, what)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod context;
 mod inventory;
+mod lifecycle;
 mod logger;
 
 use std::ffi::CStr;

@@ -1,0 +1,215 @@
+//! Files that must survive a crash or power cut, and must not be planted or
+//! read by others: write, fsync, rename, fsync the directory; 0600 files in
+//! 0700 directories; O_EXCL|O_NOFOLLOW so no symlink or stale file is reused.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a durable write or a private directory failed. One message each.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; refusing to overwrite it")]
+    Exists { path: PathBuf },
+    #[error("{path} is not a private directory: {why}")]
+    Insecure { path: PathBuf, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DurableError + '_ {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            DurableError::Exists {
+                path: path.to_owned(),
+            }
+        } else {
+            DurableError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// Creates `dir` (0700) if missing, else checks it is a real directory owned
+/// by us that nobody else can write or read.
+pub fn private_dir(dir: &Path) -> Result<(), DurableError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(dir)(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    let insecure = |why: String| DurableError::Insecure {
+        path: dir.to_owned(),
+        why,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(insecure("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(insecure("it is not a directory".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(insecure(format!("owned by uid {}, not {euid}", meta.uid())));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(insecure(format!("mode {mode:04o}; it must be 0700")));
+    }
+    Ok(())
+}
+
+/// A new 0600 file that must not exist yet (no symlink followed).
+pub fn create_new(path: &Path) -> Result<File, DurableError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(path))
+}
+
+/// Flushes a directory's entries (a rename or create in it) to disk.
+pub fn fsync_dir(dir: &Path) -> Result<(), DurableError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Flushes `file` and reports a failure of the data reaching the disk
+/// (which is where ENOSPC and EIO on delayed allocation surface).
+pub fn sync(file: &File, path: &Path) -> Result<(), DurableError> {
+    file.sync_all().map_err(io(path))
+}
+
+/// Moves a finished file into place without replacing anything there, then
+/// makes the rename durable.
+pub fn publish_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        tmp,
+        nix::fcntl::AT_FDCWD,
+        dest,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| io(dest)(std::io::Error::from(e)))?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// Replaces `dest` atomically with `data`: a reader sees the old content or
+/// the new, never a mix, also after a power cut.
+pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    let tmp = tmp_path(dest);
+    // A crash may have left a temp file behind; it was never published.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = create_new(&tmp)?;
+    let written = f
+        .write_all(data)
+        .map_err(io(&tmp))
+        .and_then(|()| sync(&f, &tmp));
+    drop(f);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dest).map_err(io(dest))?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// The temp name beside `dest` used while it is written.
+pub fn tmp_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_dir_is_created_0700_and_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("images");
+        private_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        private_dir(&d).unwrap();
+
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&d).unwrap_err();
+        assert!(e.to_string().contains("mode 0777"), "{e}");
+
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        let e = private_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        let file = t.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+    }
+
+    #[test]
+    fn create_new_never_reuses_or_follows() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("a.xl");
+        drop(create_new(&p).unwrap());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(create_new(&p), Err(DurableError::Exists { .. })));
+
+        let target = t.path().join("target");
+        let planted = t.path().join("planted.xl");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(create_new(&planted).is_err());
+        assert!(!target.exists(), "the symlink was followed");
+    }
+
+    #[test]
+    fn publish_new_refuses_to_replace() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::write(&a, "new").unwrap();
+        std::fs::write(&b, "old").unwrap();
+        assert!(matches!(
+            publish_new(&a, &b),
+            Err(DurableError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old");
+        std::fs::remove_file(&b).unwrap();
+        publish_new(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new");
+        assert!(!a.exists());
+    }
+
+    #[test]
+    fn replace_swaps_content_and_cleans_stale_temp_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.json");
+        std::fs::write(tmp_path(&p), "stale from a crash").unwrap();
+        replace(&p, b"one").unwrap();
+        replace(&p, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert!(!tmp_path(&p).exists());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}
