@@ -13,3 +13,5 @@ pub const NOT_DOM0: i32 = 3;
 pub const NO_SUCH_DOMAIN: i32 = 4;
 /// An input file (simulated host, image, journal...) is missing or invalid.
 pub const BAD_INPUT: i32 = 5;
+/// A guest did not do as asked (shut down, reboot) within the timeout.
+pub const TIMEOUT: i32 = 6;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod domain;
 pub mod durable;
 pub mod exit;
+pub mod guest;
 pub mod image;
 pub mod libxl;
 pub mod sim;

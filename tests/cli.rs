@@ -235,3 +235,90 @@ fn closed_pipe_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+#[test]
+fn a_disk_that_fills_mid_save_keeps_the_guest_and_leaves_no_file() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let mut cmd = xenmaint();
+    cmd.args([
+        "--sim",
+        example().to_str().unwrap(),
+        "save",
+        "web-1",
+        "--image-dir",
+    ])
+    .arg(&images);
+    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit
+    // and signal. A 4 KiB file size limit makes the image write fail
+    // mid-stream as a full disk would (EFBIG instead of ENOSPC).
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("saving web-1 failed"), "{stderr}");
+    assert!(stderr.contains("resumed and keeps running"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
+    assert!(left.is_empty(), "partial image left behind: {left:?}");
+}
+
+#[test]
+fn destroy_without_yes_off_a_terminal_is_refused() {
+    let r = sim(&["destroy", "web-1"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("without --yes"), "{}", r.stderr);
+    let r = sim(&["destroy", "web-1", "--yes", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json_lines(&r.stdout)[0]["event"], "destroyed");
+}
+
+#[test]
+fn save_json_reports_progress_and_result_then_verify_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let r = sim(&[
+        "save",
+        "db-1",
+        "--json",
+        "--image-dir",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let recs = json_lines(&r.stdout);
+    let saved = recs.last().unwrap();
+    assert_eq!(saved["event"], "saved");
+    assert_eq!(saved["name"], "db-1");
+    let image = saved["image"].as_str().unwrap();
+    assert!(image.ends_with(".xl"));
+
+    let v = run(&["verify", image, "--json"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    let v = &json_lines(&v.stdout)[0];
+    assert_eq!(v["checksum"], saved["checksum"]);
+    assert_eq!(v["manifest"], true);
+
+    let mut bytes = std::fs::read(image).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 8);
+    std::fs::write(image, &bytes).unwrap();
+    let v = run(&["verify", image]);
+    assert_eq!(v.code, 5);
+    assert!(v.stderr.contains("truncated"), "{}", v.stderr);
+}
+
+#[test]
+fn shutdown_of_unknown_domain_exits_4() {
+    assert_eq!(sim(&["shutdown", "ghost", "--wait"]).code, 4);
+    assert_eq!(sim(&["reboot", "77"]).code, 4);
+}

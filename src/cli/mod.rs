@@ -1,8 +1,9 @@
 //! The `xenmaint` command line: parses arguments, opens the toolstack (real
 //! or simulated), runs one verb and maps the outcome to an exit code.
 
+mod guest;
+mod inventory;
 mod output;
-mod verbs;
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +12,8 @@ use clap::{Parser, Subcommand};
 
 use crate::domain::DomainRef;
 use crate::exit;
+use crate::guest::OpError;
+use crate::image::ImageError;
 use crate::libxl::Libxl;
 use crate::sim::{Sim, SimError};
 use crate::toolstack::{Toolstack, ToolstackError};
@@ -44,11 +47,12 @@ pub struct Args {
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  an operation failed
+  1  an operation failed (a failed save leaves its guest running)
   2  bad command line
   3  no usable Xen toolstack here (not a dom0, not root)
   4  no such domain
-  5  an input file is missing or invalid";
+  5  an input file (image, manifest, simulated host) is missing or invalid
+  6  a guest did not do as asked in time";
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -61,6 +65,70 @@ pub enum Verb {
     },
     /// Show the running hypervisor, the host's memory and xenmaint's version.
     Version,
+    /// Save a guest to an xl-format image; it is destroyed only once the image
+    /// is on disk and read back intact.
+    Save {
+        domain: DomainRef,
+        /// Image file (default: IMAGE_DIR/<uuid>.xl). Never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Directory for images named by UUID (created 0700).
+        #[arg(long, value_name = "DIR", default_value = crate::guest::DEFAULT_IMAGE_DIR)]
+        image_dir: PathBuf,
+        /// Copy memory while the guest runs; it pauses only for the last round.
+        #[arg(long)]
+        live: bool,
+        /// Leave the guest running after the save (a checkpoint, as xl save -c).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Restore a guest from an image (xenmaint's or xl's); it is unpaused only
+    /// after the image checked out.
+    Restore {
+        image: PathBuf,
+        /// Leave the restored guest paused.
+        #[arg(long)]
+        paused: bool,
+    },
+    /// Read an image end to end and check it against its manifest.
+    Verify { image: PathBuf },
+    /// Ask a guest to shut down.
+    Shutdown {
+        domain: DomainRef,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Ask a guest to reboot.
+    Reboot {
+        domain: DomainRef,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Destroy a guest at once (its memory state is lost).
+    Destroy {
+        domain: DomainRef,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Pause a guest.
+    Pause { domain: DomainRef },
+    /// Unpause a guest.
+    Unpause { domain: DomainRef },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the guest is down (shutdown) or back up (reboot).
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Seconds to wait.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Destroy the guest if it does not comply in time (reboot then boots it
+    /// again from its configuration).
+    #[arg(long, short = 'F')]
+    pub force: bool,
 }
 
 /// Everything that can end a command unsuccessfully.
@@ -70,6 +138,10 @@ pub enum CliError {
     Toolstack(#[from] ToolstackError),
     #[error(transparent)]
     Sim(#[from] SimError),
+    #[error(transparent)]
+    Op(#[from] OpError),
+    #[error("refusing to destroy {0} without --yes when not asked on a terminal")]
+    NotConfirmed(String),
     #[error("cannot write output: {0}")]
     Output(io::Error),
 }
@@ -82,12 +154,24 @@ impl From<io::Error> for CliError {
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
-        match self {
-            CliError::Toolstack(ToolstackError::NotDom0(_))
-            | CliError::Toolstack(ToolstackError::PermissionDenied { .. }) => exit::NOT_DOM0,
-            CliError::Toolstack(ToolstackError::NoSuchDomain(_)) => exit::NO_SUCH_DOMAIN,
-            CliError::Sim(_) => exit::BAD_INPUT,
-            CliError::Toolstack(_) | CliError::Output(_) => exit::FAILURE,
+        let ts = match self {
+            CliError::Toolstack(e) | CliError::Op(OpError::Toolstack(e)) => e,
+            CliError::Sim(_) => return exit::BAD_INPUT,
+            CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
+            CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
+            CliError::Op(OpError::SaveFailed { cause, .. })
+                if matches!(**cause, OpError::Toolstack(ToolstackError::NoSuchDomain(_))) =>
+            {
+                return exit::NO_SUCH_DOMAIN
+            }
+            CliError::Op(_) | CliError::NotConfirmed(_) | CliError::Output(_) => {
+                return exit::FAILURE
+            }
+        };
+        match ts {
+            ToolstackError::NotDom0(_) | ToolstackError::PermissionDenied { .. } => exit::NOT_DOM0,
+            ToolstackError::NoSuchDomain(_) => exit::NO_SUCH_DOMAIN,
+            _ => exit::FAILURE,
         }
     }
 }
@@ -107,7 +191,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&args);
-    match run(&args, Box::new(io::stdout().lock())) {
+    match run(&args, Box::new(io::stdout())) {
         Ok(()) => exit::SUCCESS,
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => exit::SUCCESS,
         Err(e) => {
@@ -136,7 +220,12 @@ fn init_logging(args: &Args) {
 }
 
 /// Runs one parsed command, writing results to `out`.
-pub fn run(args: &Args, out: Box<dyn io::Write>) -> Result<(), CliError> {
+pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> {
+    // Verifying an image needs no toolstack: it works on any machine.
+    if let Verb::Verify { image } = &args.verb {
+        let out = Output::new(args.json, None, out);
+        return guest::verify(image, &out);
+    }
     let ts: Box<dyn Toolstack> = match &args.sim {
         Some(path) => Box::new(Sim::load(path)?),
         None => Box::new(Libxl::new()?),
@@ -146,13 +235,53 @@ pub fn run(args: &Args, out: Box<dyn io::Write>) -> Result<(), CliError> {
             .as_ref()
             .map_or_else(String::new, |p| p.display().to_string())
     });
-    let mut out = Output::new(args.json, simulated, out);
+    let out = Output::new(args.json, simulated, out);
     out.banner()?;
+    let ts = ts.as_ref();
     match &args.verb {
-        Verb::List => verbs::list(ts.as_ref(), &mut out)?,
-        Verb::Info { domain } => verbs::info(ts.as_ref(), domain, &mut out)?,
-        Verb::Version => verbs::version(ts.as_ref(), &mut out)?,
+        Verb::List => inventory::list(ts, &out)?,
+        Verb::Info { domain } => inventory::info(ts, domain, &out)?,
+        Verb::Version => inventory::version(ts, &out)?,
+        Verb::Save {
+            domain,
+            out: file,
+            image_dir,
+            live,
+            keep_running,
+        } => {
+            let opts = crate::guest::SaveOptions {
+                out: file.clone(),
+                image_dir: image_dir.clone(),
+                live: *live,
+                keep_running: *keep_running,
+            };
+            guest::save(ts, domain, &opts, &out, args.quiet)?
+        }
+        Verb::Restore { image, paused } => guest::restore(
+            ts,
+            image,
+            &crate::guest::RestoreOptions { paused: *paused },
+            &out,
+            args.quiet,
+        )?,
+        Verb::Verify { .. } => unreachable!("handled above"),
+        Verb::Shutdown { domain, wait } => {
+            guest::power(ts, domain, crate::toolstack::Request::Shutdown, wait, &out)?
+        }
+        Verb::Reboot { domain, wait } => {
+            guest::power(ts, domain, crate::toolstack::Request::Reboot, wait, &out)?
+        }
+        Verb::Destroy { domain, yes } => guest::destroy(ts, domain, *yes, &out)?,
+        Verb::Pause { domain } => guest::pause(ts, domain, true, &out)?,
+        Verb::Unpause { domain } => guest::pause(ts, domain, false, &out)?,
     }
     out.flush()?;
     Ok(())
+}
+
+/// Image errors reach the user through OpError.
+impl From<ImageError> for CliError {
+    fn from(e: ImageError) -> Self {
+        CliError::Op(e.into())
+    }
 }

@@ -2,33 +2,39 @@
 //! scripts. A closed pipe (`xenmaint list | head -1`) is not an error.
 
 use std::io::{self, Write};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::domain::printable;
 
+/// Shared by the verb and the threads that report progress, hence the lock.
 pub struct Output {
     pub json: bool,
     /// Results came from the simulator: every JSON object says so, and human
     /// output starts with a banner.
     pub simulated: Option<String>,
-    out: Box<dyn Write>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 impl Output {
-    pub fn new(json: bool, simulated: Option<String>, out: Box<dyn Write>) -> Output {
+    pub fn new(json: bool, simulated: Option<String>, out: Box<dyn Write + Send>) -> Output {
         Output {
             json,
             simulated,
-            out,
+            out: Mutex::new(out),
         }
     }
 
+    fn writer(&self) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The human banner for simulated output; printed once, first.
-    pub fn banner(&mut self) -> io::Result<()> {
+    pub fn banner(&self) -> io::Result<()> {
         if let (false, Some(src)) = (self.json, &self.simulated) {
             writeln!(
-                self.out,
+                self.writer(),
                 "# SIMULATED HOST ({}): not a real Xen host",
                 printable(src)
             )?;
@@ -37,7 +43,7 @@ impl Output {
     }
 
     /// One JSON Lines record: `value`'s fields plus `"simulated"`.
-    pub fn record<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+    pub fn record<T: Serialize>(&self, value: &T) -> io::Result<()> {
         let mut v = serde_json::to_value(value).map_err(io::Error::other)?;
         if let serde_json::Value::Object(map) = &mut v {
             map.insert(
@@ -45,16 +51,29 @@ impl Output {
                 serde_json::Value::Bool(self.simulated.is_some()),
             );
         }
-        serde_json::to_writer(&mut self.out, &v).map_err(io::Error::other)?;
-        writeln!(self.out)
+        let mut line = serde_json::to_vec(&v).map_err(io::Error::other)?;
+        line.push(b'\n');
+        // One write per record, so lines from two threads never interleave.
+        let mut w = self.writer();
+        w.write_all(&line)?;
+        w.flush()
     }
 
-    pub fn line(&mut self, text: &str) -> io::Result<()> {
-        writeln!(self.out, "{text}")
+    /// A JSON Lines event: `{"event": name, ...fields of value}`.
+    pub fn event<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        let mut v = serde_json::to_value(value).map_err(io::Error::other)?;
+        if let serde_json::Value::Object(map) = &mut v {
+            map.insert("event".into(), serde_json::Value::String(name.into()));
+        }
+        self.record(&v)
+    }
+
+    pub fn line(&self, text: &str) -> io::Result<()> {
+        writeln!(self.writer(), "{text}")
     }
 
     /// Left-aligned columns, two spaces apart; cells are made printable.
-    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    pub fn table(&self, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
         let rows: Vec<Vec<String>> = rows
             .iter()
             .map(|r| r.iter().map(|c| printable(c)).collect())
@@ -76,13 +95,13 @@ impl Output {
                     line.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
                 }
             }
-            writeln!(self.out, "{}", line.trim_end())?;
+            writeln!(self.writer(), "{}", line.trim_end())?;
         }
         Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn flush(&self) -> io::Result<()> {
+        self.writer().flush()
     }
 }
 
@@ -110,7 +129,7 @@ mod tests {
     #[test]
     fn table_aligns_and_escapes() {
         let b = Buf::default();
-        let mut o = Output::new(false, None, Box::new(b.clone()));
+        let o = Output::new(false, None, Box::new(b.clone()));
         o.table(
             &["NAME", "ID"],
             &[
@@ -125,7 +144,7 @@ mod tests {
     #[test]
     fn records_carry_the_simulated_flag() {
         let b = Buf::default();
-        let mut o = Output::new(true, Some("x.json".into()), Box::new(b.clone()));
+        let o = Output::new(true, Some("x.json".into()), Box::new(b.clone()));
         o.banner().unwrap();
         o.record(&serde_json::json!({"name": "a\nb"})).unwrap();
         let t = text(&b);
@@ -135,7 +154,7 @@ mod tests {
         assert_eq!(v["name"], "a\nb");
 
         let b = Buf::default();
-        let mut o = Output::new(false, Some("x.json".into()), Box::new(b.clone()));
+        let o = Output::new(false, Some("x.json".into()), Box::new(b.clone()));
         o.banner().unwrap();
         assert!(text(&b).starts_with("# SIMULATED HOST (x.json)"));
     }

@@ -2,12 +2,17 @@
 //! plus xenmaint's manifest beside each one.
 
 mod header;
+mod manifest;
 mod stream;
 
 use std::io::Read;
 use std::path::Path;
 
 pub use header::{XlHeader, FLAG_JSON, FLAG_STREAM_V2, MAGIC};
+pub use manifest::{
+    manifest_path, DiskIdentity, DiskKind, Manifest, ManifestError, SavedOn, Timings,
+    MANIFEST_FORMAT,
+};
 pub use stream::{synth, GuestKind, StreamScanner, StreamSummary};
 
 /// Why an image cannot be used. One message each.

@@ -9,7 +9,7 @@ use crate::toolstack::{Toolstack, ToolstackError};
 
 const MIB: u64 = 1024;
 
-pub fn list(ts: &dyn Toolstack, out: &mut Output) -> Result<(), CliError> {
+pub fn list(ts: &dyn Toolstack, out: &Output) -> Result<(), CliError> {
     let mut rows = Vec::new();
     for d in ts.list_domains()? {
         let mut detail = match ts.domain_detail(d.domid) {
@@ -59,7 +59,7 @@ fn without_config<S: serde::Serializer>(d: &&DomainDetail, s: S) -> Result<S::Ok
     v.serialize(s)
 }
 
-pub fn info(ts: &dyn Toolstack, domain: &DomainRef, out: &mut Output) -> Result<(), CliError> {
+pub fn info(ts: &dyn Toolstack, domain: &DomainRef, out: &Output) -> Result<(), CliError> {
     let d = ts.domain_detail(ts.resolve(domain)?.domid)?;
     if out.json {
         return Ok(out.record(&d)?);
@@ -136,7 +136,7 @@ struct HypervisorRecord {
     version: HypervisorVersion,
 }
 
-pub fn version(ts: &dyn Toolstack, out: &mut Output) -> Result<(), CliError> {
+pub fn version(ts: &dyn Toolstack, out: &Output) -> Result<(), CliError> {
     let v = ts.version()?;
     let host = ts.physinfo()?;
     if out.json {

@@ -1,0 +1,105 @@
+//! Single-guest operations done more safely than xl does them: a save whose
+//! guest is destroyed only once its image is durable and read back, a
+//! restore that unpauses only after the checksum matched, shutdown and
+//! reboot that wait for the guest and say when it did not listen.
+//!
+//! Everything here speaks the `Toolstack` trait only.
+
+mod power;
+mod restore;
+mod save;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use power::{destroy, pause, power, PowerOptions, PowerReport};
+pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
+pub use save::{save, SaveOptions, SaveReport};
+
+use crate::domain::{DomainRef, Uuid};
+use crate::durable::DurableError;
+use crate::image::{ImageError, ManifestError};
+use crate::toolstack::ToolstackError;
+
+/// Where images go unless `--out` says otherwise.
+pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/xenmaint/images";
+
+/// Bytes moved so far, and the expected total (0 when unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes: u64,
+    pub total: u64,
+}
+
+/// Receives progress from the thread that moves the stream.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+
+/// Why a guest operation failed. One message each.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Toolstack(#[from] ToolstackError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error("refusing to {0} domain 0: it is the host itself")]
+    Dom0(&'static str),
+    #[error("domain {0} has no libxl configuration (libxl did not create it): it cannot be saved")]
+    NoConfig(String),
+    #[error("saving {name} failed: {cause}; {outcome}")]
+    SaveFailed {
+        name: String,
+        cause: Box<OpError>,
+        outcome: Recovery,
+    },
+    #[error("the image read back from {path} differs from what was written ({written} vs {read}): the storage lost data")]
+    ReadBack {
+        path: PathBuf,
+        written: String,
+        read: String,
+    },
+    #[error("a domain with name {name} or UUID {uuid} is already running: refusing to start a second copy")]
+    AlreadyRunning { name: String, uuid: Uuid },
+    #[error("disk {vdev} of {name}: backing {path} is missing: refusing to restore")]
+    MissingDisk {
+        name: String,
+        vdev: String,
+        path: String,
+    },
+    #[error("{name} did not {what} within {secs} s (it may ignore requests); --force destroys it")]
+    Timeout {
+        name: String,
+        what: &'static str,
+        secs: u64,
+    },
+    #[error("{0} did not come back after its reboot")]
+    RebootLost(DomainRef),
+}
+
+/// What happened to the guest after a failed save.
+#[derive(Debug)]
+pub enum Recovery {
+    /// It runs on where it stopped.
+    Resumed,
+    /// Resuming failed as well: it is left suspended, nothing destroyed.
+    ResumeFailed(ToolstackError),
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::Resumed => f.write_str("the guest was resumed and keeps running"),
+            Recovery::ResumeFailed(e) => write!(
+                f,
+                "resuming the guest failed too ({e}); it is suspended, not destroyed: check `xl list`"
+            ),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}

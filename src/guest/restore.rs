@@ -1,0 +1,243 @@
+//! `restore` and `verify`: an image back into a running guest, which is
+//! unpaused only after every byte matched.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{millis, OpError, Progress, ProgressFn};
+use crate::domain::{DomId, Uuid};
+use crate::image::{self, Hashing, ImageError, Manifest, StreamScanner, StreamSummary, XlHeader};
+use crate::toolstack::Toolstack;
+
+pub struct RestoreOptions {
+    /// Leave the restored guest paused (xl restore -p).
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub name: String,
+    pub uuid: Uuid,
+    pub domid: DomId,
+    pub image: PathBuf,
+    pub size: u64,
+    /// Whether a manifest's checksum was checked (images from `xl save` have none).
+    pub checksum_verified: bool,
+    pub paused: bool,
+    pub restore_ms: u64,
+}
+
+type Scanned = Result<(StreamSummary, String), ImageError>;
+
+/// Feeds libxl the stream while checksumming it and checking its structure;
+/// a broken stream stops the feed, so libxl fails rather than building a
+/// guest from it.
+struct Source<'a> {
+    inner: Hashing<File>,
+    scanner: Option<StreamScanner>,
+    /// Set once the stream ended or broke: its summary and checksum, or why not.
+    outcome: Option<Scanned>,
+    total: u64,
+    progress: ProgressFn<'a>,
+    last_report: Instant,
+}
+
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Ok(n);
+        };
+        let fed = if n == 0 {
+            let done = self.scanner.take().expect("checked above").finish();
+            let outcome = done.map(|s| (s, self.inner.checksum()));
+            let failed = outcome.as_ref().err().map(|e| e.to_string());
+            self.outcome = Some(outcome);
+            failed.map_or(Ok(()), |e| Err(std::io::Error::other(e)))
+        } else {
+            scanner.feed(&buf[..n]).map_err(|e| {
+                let text = e.to_string();
+                self.outcome = Some(Err(e));
+                std::io::Error::other(text)
+            })
+        };
+        fed?;
+        if self.last_report.elapsed().as_millis() >= 200 || n == 0 {
+            self.last_report = Instant::now();
+            (self.progress)(Progress {
+                bytes: self.inner.count(),
+                total: self.total,
+            });
+        }
+        Ok(n)
+    }
+}
+
+pub fn restore(
+    ts: &dyn Toolstack,
+    image: &Path,
+    opts: &RestoreOptions,
+    progress: ProgressFn<'_>,
+) -> Result<RestoreReport, OpError> {
+    let manifest = Manifest::load_for(image)?;
+    let file = File::open(image).map_err(ImageError::Io)?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Unbuffered: libxl must get the stream from exactly where the header ends.
+    let mut reader = Hashing::new(file);
+    let header = XlHeader::read_from(&mut reader)?;
+    let config = header.config_json()?;
+    let name = config["c_info"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let uuid: Uuid = config["c_info"]["uuid"]
+        .as_str()
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| ImageError::Corrupt("config has no valid c_info.uuid".into()))?;
+    preflight(ts, &config, &name, uuid)?;
+
+    let mut source = Source {
+        inner: reader,
+        scanner: Some(StreamScanner::new()),
+        outcome: None,
+        total,
+        progress,
+        last_report: Instant::now(),
+    };
+    let started = Instant::now();
+    let restored = ts.restore(&config, &mut source);
+    let size = source.inner.count();
+    let scanned = source.outcome.take();
+    let domid = match restored {
+        Ok(domid) => domid,
+        Err(e) => {
+            remove_leftover(ts, uuid);
+            // The image's own fault explains libxl's failure best.
+            return Err(match scanned {
+                Some(Err(image_error)) => image_error.into(),
+                _ => e.into(),
+            });
+        }
+    };
+    let check = match scanned {
+        Some(Ok((_, checksum))) => match &manifest {
+            Some(m) if m.checksum != checksum => Err(ImageError::ChecksumMismatch {
+                expected: m.checksum.clone(),
+                actual: checksum,
+            }),
+            _ => Ok(()),
+        },
+        Some(Err(e)) => Err(e),
+        None => Err(ImageError::Truncated("libxl stream, before its END record")),
+    };
+    if let Err(e) = check {
+        // Nothing may run from an image that failed its checks.
+        let _ = ts.destroy(domid);
+        return Err(e.into());
+    }
+    if !opts.paused {
+        if let Err(e) = ts.unpause(domid) {
+            let _ = ts.destroy(domid);
+            return Err(e.into());
+        }
+    }
+    Ok(RestoreReport {
+        name,
+        uuid,
+        domid,
+        image: image.to_owned(),
+        size,
+        checksum_verified: manifest.is_some(),
+        paused: opts.paused,
+        restore_ms: millis(started.elapsed()),
+    })
+}
+
+/// Refuses before anything is created: a second copy of a running guest, or
+/// a guest whose disks are gone.
+fn preflight(
+    ts: &dyn Toolstack,
+    config: &serde_json::Value,
+    name: &str,
+    uuid: Uuid,
+) -> Result<(), OpError> {
+    if ts
+        .list_domains()?
+        .iter()
+        .any(|d| d.name == name || d.uuid == uuid)
+    {
+        return Err(OpError::AlreadyRunning {
+            name: name.to_owned(),
+            uuid,
+        });
+    }
+    for disk in config["disks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(path) = disk["pdev_path"].as_str() else {
+            continue;
+        };
+        // Only local paths can be checked; other targets are libxl's to resolve.
+        if path.starts_with('/') && !Path::new(path).exists() {
+            return Err(OpError::MissingDisk {
+                name: name.to_owned(),
+                vdev: disk["vdev"].as_str().unwrap_or("?").to_owned(),
+                path: path.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// libxl destroys a domain whose restore failed; make sure of it.
+fn remove_leftover(ts: &dyn Toolstack, uuid: Uuid) {
+    if let Ok(list) = ts.list_domains() {
+        for d in list.iter().filter(|d| d.uuid == uuid) {
+            log::warn!("destroying domain {} left by a failed restore", d.domid);
+            let _ = ts.destroy(d.domid);
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub image: PathBuf,
+    pub name: String,
+    pub uuid: Option<String>,
+    pub size: u64,
+    pub checksum: String,
+    /// Whether a manifest was there to compare the checksum with.
+    pub manifest: bool,
+    pub stream: StreamSummary,
+}
+
+/// Reads an image end to end and checks it against its manifest, if any.
+pub fn verify(image: &Path) -> Result<VerifyReport, OpError> {
+    let manifest = Manifest::load_for(image)?;
+    let v = image::verify_file(image)?;
+    if let Some(m) = &manifest {
+        if m.checksum != v.checksum {
+            return Err(ImageError::ChecksumMismatch {
+                expected: m.checksum.clone(),
+                actual: v.checksum,
+            }
+            .into());
+        }
+    }
+    Ok(VerifyReport {
+        image: image.to_owned(),
+        name: v.config["c_info"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        uuid: v.config["c_info"]["uuid"].as_str().map(str::to_owned),
+        size: v.size,
+        checksum: v.checksum,
+        manifest: manifest.is_some(),
+        stream: v.stream,
+    })
+}

@@ -1,0 +1,214 @@
+//! `<image>.manifest.json`: what xenmaint knows about an image beyond xl's
+//! format: its checksum, the guest and host it came from, and timings.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::StreamSummary;
+use crate::domain::{Disk, Nic, Uuid};
+
+/// Bumped when a field changes meaning; readers refuse other formats.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub uuid: Uuid,
+    pub name: String,
+    /// The image's file name (the manifest sits beside it).
+    pub image: String,
+    pub size: u64,
+    /// "xxh3-128:<hex>" of the whole image file.
+    pub checksum: String,
+    /// The hypervisor the guest was saved on.
+    pub saved_on: SavedOn,
+    pub xenmaint: String,
+    /// Seconds since the Unix epoch.
+    pub saved_at: u64,
+    pub live: bool,
+    pub memory_kib: u64,
+    pub nics: Vec<Nic>,
+    pub disks: Vec<DiskIdentity>,
+    pub stream: StreamSummary,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedOn {
+    pub xen: String,
+    pub build_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// From the suspend call to the last stream byte.
+    pub save_ms: u64,
+    /// fsync of image and directory.
+    pub sync_ms: u64,
+    /// Reading the image back from disk.
+    pub verify_ms: u64,
+    pub throughput_mib_s: f64,
+}
+
+/// What makes a disk the same disk after maintenance: its backing object,
+/// not its content (the guest writes to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskIdentity {
+    pub vdev: String,
+    pub path: Option<String>,
+    pub kind: DiskKind,
+    pub size: Option<u64>,
+    /// st_dev and st_ino of a file, st_rdev of a block device.
+    pub dev: Option<u64>,
+    pub ino: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskKind {
+    File,
+    Block,
+    /// A target libxl resolves itself (iSCSI, rbd, ...), or none.
+    Other,
+    Missing,
+}
+
+impl DiskIdentity {
+    pub fn of(disk: &Disk) -> DiskIdentity {
+        let meta = disk
+            .path
+            .as_deref()
+            .map(|p| std::fs::metadata(Path::new(p)));
+        let (kind, size, dev, ino) = match meta {
+            None => (DiskKind::Other, None, None, None),
+            Some(Err(_)) => (DiskKind::Missing, None, None, None),
+            Some(Ok(m)) if m.file_type().is_block_device() => {
+                (DiskKind::Block, None, Some(m.rdev()), None)
+            }
+            Some(Ok(m)) if m.is_file() => {
+                (DiskKind::File, Some(m.len()), Some(m.dev()), Some(m.ino()))
+            }
+            Some(Ok(_)) => (DiskKind::Other, None, None, None),
+        };
+        DiskIdentity {
+            vdev: disk.vdev.clone(),
+            path: disk.path.clone(),
+            kind,
+            size,
+            dev,
+            ino,
+        }
+    }
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("manifest {path} has format {found}; this xenmaint reads format {MANIFEST_FORMAT}")]
+    Format { path: PathBuf, found: u64 },
+}
+
+/// `<dir>/<name>.manifest.json` for `<dir>/<name>.xl` (or `<name>`).
+pub fn manifest_path(image: &Path) -> PathBuf {
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".xl").unwrap_or(&name);
+    image.with_file_name(format!("{stem}.manifest.json"))
+}
+
+impl Manifest {
+    /// Loads the manifest beside `image`; `Ok(None)` when there is none (an
+    /// image from `xl save`).
+    pub fn load_for(image: &Path) -> Result<Option<Manifest>, ManifestError> {
+        let path = manifest_path(image);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ManifestError::Read { path, source }),
+        };
+        // Check the format first, so a newer manifest says so rather than
+        // failing on a field it added.
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        let found = raw["format"].as_u64().unwrap_or(0);
+        if found != u64::from(MANIFEST_FORMAT) {
+            return Err(ManifestError::Format { path, found });
+        }
+        serde_json::from_value(raw)
+            .map(Some)
+            .map_err(|source| ManifestError::Parse { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_sits_beside_its_image() {
+        assert_eq!(
+            manifest_path(Path::new("/var/lib/xenmaint/images/6f1c.xl")),
+            Path::new("/var/lib/xenmaint/images/6f1c.manifest.json")
+        );
+        assert_eq!(
+            manifest_path(Path::new("/tmp/web.save")),
+            Path::new("/tmp/web.save.manifest.json")
+        );
+    }
+
+    #[test]
+    fn disk_identity_tells_files_from_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("disk.img");
+        std::fs::write(&f, vec![0u8; 4096]).unwrap();
+        let disk = |p: Option<&Path>| Disk {
+            path: p.map(|p| p.display().to_string()),
+            vdev: "xvda".into(),
+            format: "raw".into(),
+            backend: "phy".into(),
+            readwrite: true,
+            cdrom: false,
+            backend_domid: 0,
+        };
+        let id = DiskIdentity::of(&disk(Some(&f)));
+        assert_eq!(id.kind, DiskKind::File);
+        assert_eq!(id.size, Some(4096));
+        assert!(id.ino.is_some());
+        assert_eq!(
+            DiskIdentity::of(&disk(Some(&t.path().join("gone")))).kind,
+            DiskKind::Missing
+        );
+        assert_eq!(DiskIdentity::of(&disk(None)).kind, DiskKind::Other);
+    }
+
+    #[test]
+    fn missing_manifest_is_none_and_bad_ones_name_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("a.xl");
+        assert!(Manifest::load_for(&img).unwrap().is_none());
+        std::fs::write(manifest_path(&img), "{").unwrap();
+        let e = Manifest::load_for(&img).unwrap_err();
+        assert!(e.to_string().contains("a.manifest.json"), "{e}");
+        std::fs::write(manifest_path(&img), r#"{"format": 9}"#).unwrap();
+        let e = Manifest::load_for(&img).unwrap_err();
+        assert!(matches!(e, ManifestError::Format { found: 9, .. }), "{e}");
+    }
+}

@@ -1,0 +1,383 @@
+//! Single-guest operations on the simulated host: the safety rules of save,
+//! restore, shutdown and reboot, each with the failure that must not lose a
+//! guest. (The same operations on real Xen are the nested-Xen suite's.)
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use xenmaint::domain::{DomainRef, DomainState};
+use xenmaint::guest::{self, OpError, PowerOptions, Recovery, RestoreOptions, SaveOptions};
+use xenmaint::image::{manifest_path, ImageError};
+use xenmaint::sim::{Fault, Sim, SimHost};
+use xenmaint::toolstack::{Call, Request, Toolstack};
+
+/// The example host, with each guest's disk a real file under `dir` and
+/// web-1's guest deaf to shutdown requests when `deaf` is set.
+fn sim(dir: &Path) -> Sim {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
+    )
+    .unwrap();
+    let mut host: Value = serde_json::from_str(&text).unwrap();
+    for d in host["domains"].as_array_mut().unwrap() {
+        let name = d["name"].as_str().unwrap().to_owned();
+        let disk = dir.join(format!("{name}.img"));
+        if d["disks"].as_array().is_some_and(|a| !a.is_empty()) {
+            std::fs::write(&disk, b"disk").unwrap();
+            let p = disk.display().to_string();
+            d["disks"][0]["path"] = p.clone().into();
+            d["config"]["disks"][0]["pdev_path"] = p.into();
+        }
+    }
+    let host: SimHost = serde_json::from_value(host).unwrap();
+    Sim::new(host).unwrap()
+}
+
+fn name(n: &str) -> DomainRef {
+    DomainRef::Name(n.into())
+}
+
+fn no_progress() -> impl Fn(guest::Progress) + Sync {
+    |_| {}
+}
+
+fn save_opts(dir: &Path) -> SaveOptions {
+    SaveOptions {
+        out: None,
+        image_dir: dir.join("images"),
+        live: false,
+        keep_running: false,
+    }
+}
+
+fn state(ts: &Sim, n: &str) -> Option<DomainState> {
+    ts.list_domains()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == n)
+        .map(|d| d.state)
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn save_then_restore_brings_the_same_guest_back() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let before = ts
+        .domain_detail(ts.resolve(&name("web-1")).unwrap().domid)
+        .unwrap();
+    let r = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap();
+
+    // Destroyed only after the image and manifest are durable and verified.
+    assert_eq!(state(&ts, "web-1"), None);
+    assert_eq!(
+        r.image,
+        t.path().join(format!("images/{}.xl", before.info.uuid))
+    );
+    assert!(manifest_path(&r.image).exists());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&t.path().join("images")), 0o700);
+    assert_eq!(mode(&r.image), 0o600);
+    assert_eq!(
+        files(&t.path().join("images")).len(),
+        2,
+        "no temp files left"
+    );
+    guest::verify(&r.image).unwrap();
+
+    let back = guest::restore(
+        &ts,
+        &r.image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap();
+    assert!(back.checksum_verified);
+    let after = ts.domain_detail(back.domid).unwrap();
+    assert_eq!(after.info.name, "web-1");
+    assert_eq!(after.info.uuid, before.info.uuid);
+    assert_eq!(after.info.state, DomainState::Running);
+    assert_eq!(after.nics[0].mac, before.nics[0].mac);
+    assert_eq!(after.nics[0].ip, before.nics[0].ip);
+    assert_eq!(after.disks[0].path, before.disks[0].path);
+    assert!(r.image.exists(), "images are kept by default");
+}
+
+#[test]
+fn keep_running_is_a_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let opts = SaveOptions {
+        keep_running: true,
+        ..save_opts(t.path())
+    };
+    let r = guest::save(&ts, &name("db-1"), &opts, &no_progress()).unwrap();
+    assert_eq!(state(&ts, "db-1"), Some(DomainState::Running));
+    assert!(r.kept_running && r.image.exists());
+}
+
+#[test]
+fn a_failed_save_resumes_the_guest_and_leaves_no_image() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let domid = ts.resolve(&name("web-1")).unwrap().domid;
+    ts.inject(Fault {
+        call: Call::Save,
+        domid: Some(domid),
+        message: "xc_domain_save: EIO".into(),
+    });
+    let e = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            OpError::SaveFailed {
+                outcome: Recovery::Resumed,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("keeps running"), "{e}");
+    assert_eq!(state(&ts, "web-1"), Some(DomainState::Running));
+    assert_eq!(files(&t.path().join("images")), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_failed_resume_is_reported_and_nothing_is_destroyed() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    for call in [Call::Save, Call::Resume] {
+        ts.inject(Fault {
+            call,
+            domid: None,
+            message: "boom".into(),
+        });
+    }
+    let e = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap_err();
+    assert!(matches!(
+        &e,
+        OpError::SaveFailed {
+            outcome: Recovery::ResumeFailed(_),
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("not destroyed"), "{e}");
+    assert!(state(&ts, "web-1").is_some());
+}
+
+#[test]
+fn an_existing_image_is_never_overwritten_and_the_guest_is_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let out = t.path().join("web.save");
+    std::fs::write(&out, "precious").unwrap();
+    let opts = SaveOptions {
+        out: Some(out.clone()),
+        ..save_opts(t.path())
+    };
+    let before = state(&ts, "web-1");
+    let e = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious");
+    assert!(before.is_some());
+    assert_eq!(state(&ts, "web-1"), before, "the guest was not suspended");
+}
+
+#[test]
+fn dom0_and_unknown_domains_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let e = guest::save(&ts, &DomainRef::Id(0), &save_opts(t.path()), &no_progress()).unwrap_err();
+    assert!(matches!(e, OpError::Dom0("save")));
+    assert!(matches!(
+        guest::destroy(&ts, &DomainRef::Id(0)),
+        Err(OpError::Dom0(_))
+    ));
+    assert!(matches!(
+        guest::pause(&ts, &DomainRef::Id(0), true),
+        Err(OpError::Dom0(_))
+    ));
+    let e = guest::save(&ts, &name("ghost"), &save_opts(t.path()), &no_progress()).unwrap_err();
+    assert_eq!(e.to_string(), "no such domain: ghost");
+}
+
+/// Saves web-1 and returns the image path and the bytes of the image.
+fn saved_image(ts: &Sim, dir: &Path) -> (PathBuf, Vec<u8>) {
+    let r = guest::save(ts, &name("web-1"), &save_opts(dir), &no_progress()).unwrap();
+    let bytes = std::fs::read(&r.image).unwrap();
+    (r.image, bytes)
+}
+
+#[test]
+fn a_corrupt_image_leaves_nothing_running() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let (image, bytes) = saved_image(&ts, t.path());
+    // A bit flipped inside guest memory: structure intact, checksum not.
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 2000;
+    flipped[at] ^= 1;
+    std::fs::write(&image, &flipped).unwrap();
+    let e = guest::restore(
+        &ts,
+        &image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
+        "{e}"
+    );
+    assert_eq!(
+        state(&ts, "web-1"),
+        None,
+        "nothing may run from a corrupt image"
+    );
+
+    // Truncated: refused before anything runs.
+    std::fs::write(&image, &bytes[..bytes.len() - 16]).unwrap();
+    let e = guest::restore(
+        &ts,
+        &image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::Image(ImageError::Truncated(_))), "{e}");
+    assert_eq!(state(&ts, "web-1"), None);
+
+    // The intact image still restores.
+    std::fs::write(&image, &bytes).unwrap();
+    guest::restore(
+        &ts,
+        &image,
+        &RestoreOptions { paused: true },
+        &no_progress(),
+    )
+    .unwrap();
+    assert_eq!(state(&ts, "web-1"), Some(DomainState::Paused));
+}
+
+#[test]
+fn an_image_without_manifest_restores_like_xl_would() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let (image, _) = saved_image(&ts, t.path());
+    std::fs::remove_file(manifest_path(&image)).unwrap();
+    let r = guest::restore(
+        &ts,
+        &image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap();
+    assert!(!r.checksum_verified);
+    assert_eq!(state(&ts, "web-1"), Some(DomainState::Running));
+}
+
+#[test]
+fn restore_refuses_a_second_copy_and_missing_disks() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let opts = SaveOptions {
+        keep_running: true,
+        ..save_opts(t.path())
+    };
+    let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();
+    let e = guest::restore(
+        &ts,
+        &r.image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::AlreadyRunning { .. }), "{e}");
+
+    guest::destroy(&ts, &name("web-1")).unwrap();
+    std::fs::remove_file(t.path().join("web-1.img")).unwrap();
+    let e = guest::restore(
+        &ts,
+        &r.image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::MissingDisk { .. }), "{e}");
+    assert!(e.to_string().contains("web-1.img"), "{e}");
+    assert_eq!(state(&ts, "web-1"), None);
+}
+
+fn power_opts(force: bool) -> PowerOptions {
+    PowerOptions {
+        wait: true,
+        timeout: Duration::from_millis(300),
+        force,
+        poll: Duration::from_millis(10),
+        reap_grace: Duration::ZERO,
+    }
+}
+
+#[test]
+fn shutdown_waits_and_reaps_the_domain() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    guest::power(&ts, &name("cache-1"), Request::Shutdown, &power_opts(false)).unwrap();
+    assert_eq!(state(&ts, "cache-1"), None);
+}
+
+#[test]
+fn reboot_brings_the_guest_back_as_a_new_domain() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let before = ts.resolve(&name("db-1")).unwrap();
+    let r = guest::power(&ts, &name("db-1"), Request::Reboot, &power_opts(false)).unwrap();
+    let after = ts.resolve(&name("db-1")).unwrap();
+    assert_eq!(r.new_domid, Some(after.domid));
+    assert_ne!(after.domid, before.domid);
+    assert_eq!(after.uuid, before.uuid);
+    assert_eq!(after.state, DomainState::Running);
+}
+
+fn deaf_sim(dir: &Path) -> Sim {
+    let mut host = sim(dir).snapshot();
+    for d in &mut host.domains {
+        d.ignores_shutdown = d.detail.info.name == "web-1";
+    }
+    Sim::new(host).unwrap()
+}
+
+#[test]
+fn a_guest_that_ignores_shutdown_times_out_unless_forced() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = deaf_sim(t.path());
+    let e = guest::power(&ts, &name("web-1"), Request::Shutdown, &power_opts(false)).unwrap_err();
+    assert!(matches!(e, OpError::Timeout { .. }), "{e}");
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert!(state(&ts, "web-1").is_some(), "not forced: left alone");
+
+    let r = guest::power(&ts, &name("web-1"), Request::Shutdown, &power_opts(true)).unwrap();
+    assert!(r.forced);
+    assert_eq!(state(&ts, "web-1"), None);
+}
+
+#[test]
+fn a_forced_reboot_of_a_deaf_guest_boots_it_from_its_config() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = deaf_sim(t.path());
+    let before = ts.resolve(&name("web-1")).unwrap();
+    let r = guest::power(&ts, &name("web-1"), Request::Reboot, &power_opts(true)).unwrap();
+    assert!(r.forced);
+    let after = ts.resolve(&name("web-1")).unwrap();
+    assert_eq!(after.uuid, before.uuid);
+    assert_eq!(after.state, DomainState::Running);
+}
