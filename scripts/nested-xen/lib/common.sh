@@ -1,0 +1,31 @@
+# Shared settings for the nested-Xen harness. Sourced by build-image, run and suite.
+# shellcheck shell=bash
+
+NX_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # scripts/nested-xen
+NX_REPO=$(cd "$NX_DIR/../.." && pwd)                        # repository root
+NX_CACHE=${NESTED_XEN_CACHE:-$NX_REPO/.cache/nested-xen}    # git-ignored
+
+# The Xen series under test: the host is installed at the bookworm version, the
+# bookworm-security version is served from a local apt repository inside the image.
+XEN_OLD=4.17.5+72-g01140da4e8-1
+XEN_NEW=4.17.7+13-g2445b30a44-0+deb12u1
+XEN_OLD_SHORT=4.17.5
+XEN_NEW_SHORT=4.17.7
+# Every binary package of source "xen" that a dom0 installs: all of them are pinned to
+# XEN_OLD in the image and all of them are in the update repository at XEN_NEW, so the
+# upgrade is a consistent `apt-get install` of one source version.
+XEN_PKGS=(
+  xen-system-amd64 xen-hypervisor-4.17-amd64 xen-hypervisor-common
+  xen-utils-4.17 xen-utils-common xenstore-utils
+  libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
+  libxenhypfs1 libxenmisc4.17 libxenstore4 libxentoolcore1 libxentoollog1
+)
+# Everything else the dom0 needs (the kernel floats with the machine's apt sources).
+DOM0_PKGS=(
+  systemd-sysv udev dbus linux-image-amd64 initramfs-tools
+  iproute2 bridge-utils iputils-ping kmod procps util-linux e2fsprogs
+  grub-common python3 less
+)
+
+nx_log() { printf '[nested-xen %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+nx_die() { nx_log "ERROR: $*"; exit 1; }

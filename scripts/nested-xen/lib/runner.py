@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""The host side of one nested-Xen run (called by scripts/nested-xen/run).
+
+Boots the cached base image under QEMU (TCG) with a per-run copy-on-write overlay and a small
+io disk (harness, scenario, xenmaint binary; results and state come back on it), watches the
+serial console for the driver's marker lines, serves the scenario's `outside PHASE` requests
+by running the --outside script against the forwarded guest ports, enforces a timeout, then
+reads the io disk back with debugfs and prints per-phase timings. Exit 0 iff the scenario
+finished with rc=0 and every test it declared reported PASS.
+"""
+import argparse, os, re, shutil, socket, subprocess, sys, threading, time
+
+MARK = re.compile(rb"@@NESTED-XEN@@ boot=(\d+) event=(\S+)(.*)")
+T0 = time.monotonic()
+
+
+def ts():
+    return f"{time.monotonic() - T0:7.1f}s"
+
+
+def say(msg):
+    print(f"[nested-xen {ts()}] {msg}", flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def read_guests(path):
+    out = []
+    for line in open(path):
+        f = line.split()
+        if len(f) >= 5 and not f[0].startswith("#"):
+            out.append({"name": f[0], "ip": f[1], "mac": f[2], "uuid": f[3]})
+    return out
+
+
+class Run:
+    def __init__(self, a):
+        self.a = a
+        self.out = os.path.abspath(a.out)
+        self.events = []          # (time, boot, event, rest)
+        self.done_rc = None
+        self.tests = {}           # name -> PASS/FAIL (from markers)
+        self.lock = threading.Lock()
+        self.outside_calls = 0
+        self.outside_fail = 0
+
+    # ---- control server: the scenario's `outside PHASE` ------------------------------
+    def serve(self, sock):
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn):
+        with conn:
+            f = conn.makefile("rwb")
+            req = f.readline().decode(errors="replace").split()
+            if len(req) != 3 or req[0] != "outside":
+                f.write(b"bad request\n@@rc=2\n"); f.flush(); return
+            boot, phase = req[1], req[2]
+            t = time.monotonic()
+            if not self.a.outside:
+                f.write(b"no --outside script given: nothing to do\n@@rc=0\n"); f.flush(); return
+            env = dict(os.environ, NESTED_BOOT=boot, NESTED_PHASE=phase, NESTED_OUT=self.out,
+                       NESTED_OUTSIDE_STATE=os.path.join(self.out, "outside-state"),
+                       NESTED_GUESTS=" ".join(g["name"] for g in self.guests))
+            os.makedirs(env["NESTED_OUTSIDE_STATE"], exist_ok=True)
+            for g in self.guests:
+                env[f"NESTED_PORT_{g['name']}"] = str(g["port"])
+                env[f"NESTED_IP_{g['name']}"] = g["ip"]
+            log = os.path.join(self.out, f"outside-boot{boot}-{phase}.log")
+            try:
+                p = subprocess.run([self.a.outside, phase], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, timeout=self.a.outside_timeout)
+                rc, text = p.returncode, p.stdout
+            except subprocess.TimeoutExpired as e:
+                rc, text = 124, (e.stdout or b"") + b"\noutside script timed out\n"
+            open(log, "wb").write(text)
+            with self.lock:
+                self.outside_calls += 1
+                self.outside_fail += rc != 0
+            say(f"outside boot={boot} phase={phase} rc={rc} ({time.monotonic() - t:.1f}s)")
+            sys.stdout.buffer.write(b"".join(b"    | " + l + b"\n" for l in text.splitlines()))
+            sys.stdout.flush()
+            try:
+                f.write(text + (b"" if text.endswith(b"\n") or not text else b"\n"))
+                f.write(f"@@rc={rc}\n".encode()); f.flush()
+            except OSError:
+                pass
+
+    # ---- the run ----------------------------------------------------------------------
+    def main(self):
+        a = self.a
+        os.makedirs(self.out, exist_ok=True)
+        work = os.path.join(self.out, "vm")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        self.guests = read_guests(a.guests)
+        for g in self.guests:
+            g["port"] = free_port()
+
+        ctl = socket.socket()
+        ctl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ctl.bind(("127.0.0.1", 0))   # slirp maps the guest's 10.0.2.2 to this loopback
+        ctl.listen(8)
+        ctl_port = ctl.getsockname()[1]
+        threading.Thread(target=self.serve, args=(ctl,), daemon=True).start()
+
+        # The io disk: harness + scenario + xenmaint in, results + state out.
+        io = os.path.join(work, "io")
+        os.makedirs(os.path.join(io, "harness"))
+        os.makedirs(os.path.join(io, "bin"))
+        os.makedirs(os.path.join(io, "results"))
+        os.makedirs(os.path.join(io, "state"))
+        for n in ("driver", "lib.sh"):
+            shutil.copy(os.path.join(a.harness, n), os.path.join(io, "harness", n))
+        shutil.copy(a.scenario, os.path.join(io, "scenario"))
+        if a.xenmaint:
+            shutil.copy(a.xenmaint, os.path.join(io, "bin", "xenmaint"))
+        with open(os.path.join(io, "run.env"), "w") as f:
+            f.write(f"NESTED_CTL_PORT={ctl_port}\n")
+        io_img = os.path.join(work, "io.img")
+        subprocess.run(["truncate", "-s", "1G", io_img], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "nested-io", "-d", io, io_img], check=True)
+        overlay = os.path.join(work, "root.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(a.image),
+                        "-F", "raw", overlay], check=True)
+
+        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests)
+        cmd = ["qemu-system-x86_64", "-machine", "q35", "-cpu", "max,-smap,-smep",
+               "-accel", "tcg,thread=multi", "-smp", "2", "-m", str(a.mem), "-nographic",
+               "-monitor", "none", "-serial", "stdio",
+               "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
+               "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
+               "-netdev", f"user,id=n0,net=10.0.2.0/24,{fwd}",
+               "-device", "e1000,netdev=n0"]
+        say("ports: " + " ".join(f"{g['name']}={g['ip']}:7000->127.0.0.1:{g['port']}" for g in self.guests)
+            + f" control=127.0.0.1:{ctl_port}")
+        say("qemu: " + " ".join(cmd))
+        serial = open(os.path.join(self.out, "serial.log"), "wb")
+        timeline = open(os.path.join(self.out, "timeline.txt"), "w")
+        qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        killer = threading.Timer(a.timeout, lambda: (say(f"TIMEOUT after {a.timeout}s: killing QEMU"),
+                                                     setattr(self, "timed_out", True), qemu.kill()))
+        self.timed_out = False
+        killer.start()
+        last = {"t": time.monotonic(), "what": "qemu start"}
+        boots = 0
+
+        def mark(what):
+            now = time.monotonic()
+            line = f"{ts()}  +{now - last['t']:6.1f}s  {what}"
+            timeline.write(line + "\n"); timeline.flush()
+            say(f"{what}  (+{now - last['t']:.1f}s since {last['what']})")
+            last["t"], last["what"] = now, what
+
+        for raw in iter(qemu.stdout.readline, b""):
+            serial.write(raw); serial.flush()
+            if a.verbose:
+                sys.stdout.buffer.write(raw); sys.stdout.flush()
+            if b"nested-xen grub entry:" in raw and b"echo" not in raw:
+                boots += 1
+                mark(f"boot {boots}: GRUB -> {raw.split(b'entry:')[1].strip().decode(errors='replace')}")
+            elif b"Xen version" in raw and b"(XEN)" in raw and b"build-id" not in raw:
+                mark(f"boot {boots}: Xen starting: {raw.decode(errors='replace').split('Xen version')[1].strip()[:40]}")
+            m = MARK.search(raw)
+            if not m:
+                continue
+            boot, event, rest = int(m.group(1)), m.group(2).decode(), m.group(3).decode(errors="replace").strip()
+            if event == "begin":
+                mark(f"boot {boot}: dom0 up, driver started ({rest})")
+            elif event == "ready":
+                mark(f"boot {boot}: toolstack + bridge ready ({rest})")
+            elif event == "phase":
+                mark(f"boot {boot}: phase {rest.replace('name=', '')}")
+            elif event == "test":
+                kv = dict(x.split("=", 1) for x in rest.split() if "=" in x)
+                self.tests[kv.get("name", "?")] = kv.get("result", "FAIL")
+                say(f"TEST {kv.get('name')}: {kv.get('result')}")
+            elif event in ("scenario-begin", "scenario-end", "reboot"):
+                mark(f"boot {boot}: {event} {rest}".strip())
+            elif event == "done":
+                self.done_rc = int(rest.split("rc=")[1].split()[0]) if "rc=" in rest else 1
+                mark(f"boot {boot}: done rc={self.done_rc}, powering off")
+        qemu.wait()
+        killer.cancel()
+        mark(f"qemu exited rc={qemu.returncode}")
+        serial.close()
+
+        # Results and state back from the io disk (no mounts: debugfs rdump).
+        res = os.path.join(self.out, "results")
+        shutil.rmtree(res, ignore_errors=True)
+        os.makedirs(res)
+        subprocess.run(["debugfs", "-R", f"rdump /results /state {res}", io_img],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if os.path.isdir(os.path.join(res, "results")):
+            for n in os.listdir(os.path.join(res, "results")):
+                shutil.move(os.path.join(res, "results", n), os.path.join(res, n))
+            os.rmdir(os.path.join(res, "results"))
+
+        declared = []
+        for line in open(a.scenario, errors="replace"):
+            if line.startswith("# nested-tests:"):
+                declared += line.split(":", 1)[1].split()
+        for t in declared:
+            self.tests.setdefault(t, "MISSING")
+        ok = (not self.timed_out and self.done_rc == 0
+              and all(v == "PASS" for v in self.tests.values()))
+        with open(os.path.join(self.out, "tests.txt"), "w") as f:
+            for t, v in self.tests.items():
+                f.write(f"{t} {v}\n")
+        for t, v in self.tests.items():
+            say(f"test {t}: {v}")
+        say(f"run {'PASSED' if ok else 'FAILED'}: scenario rc={self.done_rc} timeout={self.timed_out} "
+            f"outside calls={self.outside_calls} failed={self.outside_fail}; see {self.out}")
+        if ok and not a.keep:
+            os.remove(overlay)   # large; kept on failure for inspection (qemu-img convert)
+        return 0 if ok else 1
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--outside")
+    p.add_argument("--image", required=True)
+    p.add_argument("--xenmaint")
+    p.add_argument("--harness", required=True)
+    p.add_argument("--guests", required=True)
+    p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--outside-timeout", type=int, default=120)
+    p.add_argument("--mem", type=int, default=3072)
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    sys.exit(Run(p.parse_args()).main())
+
+
+if __name__ == "__main__":
+    main()
