@@ -39,6 +39,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DurableError + '_ {
 /// Creates `dir` (0700) if missing, else checks it is a real directory owned
 /// by us that nobody else can write or read.
 pub fn private_dir(dir: &Path) -> Result<(), DurableError> {
+    // Parents are ordinary system directories (e.g. /var/lib/xenmaint).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {
             if let Some(parent) = dir.parent() {
@@ -140,7 +144,7 @@ mod tests {
     #[test]
     fn private_dir_is_created_0700_and_checked() {
         let t = tempfile::tempdir().unwrap();
-        let d = t.path().join("images");
+        let d = t.path().join("lib/xenmaint/images");
         private_dir(&d).unwrap();
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

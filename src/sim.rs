@@ -39,6 +39,10 @@ pub struct SimDomain {
     /// The guest never acts on shutdown or reboot requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignores_shutdown: bool,
+    /// Started by `xl create`, whose per-domain daemon reaps the domain when
+    /// it shuts down and re-creates it when it reboots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub xl_daemon: bool,
 }
 
 /// The JSON description of a simulated host.
@@ -262,6 +266,7 @@ impl Sim {
                 config: Some(config.clone()),
             },
             ignores_shutdown: false,
+            xl_daemon: false,
         });
         Ok(domid)
     }
@@ -394,6 +399,17 @@ impl Toolstack for Sim {
         };
         self.with(call, Some(domid), |h| {
             let d = find(h, domid)?;
+            if d.xl_daemon && !d.ignores_shutdown {
+                let config = d.detail.config.clone();
+                h.domains.retain(|d| d.detail.info.domid != domid);
+                if let (Request::Reboot, Some(config)) = (what, config) {
+                    let new = Sim::add_from_config(h, &config)?;
+                    let d = find(h, new)?;
+                    d.detail.info.state = DomainState::Running;
+                    d.xl_daemon = true;
+                }
+                return Ok(());
+            }
             if !d.ignores_shutdown {
                 // The guest acts at once; like a real one, it stays a
                 // shut-down domain until the toolstack destroys it.
@@ -438,6 +454,7 @@ mod tests {
             .map(|detail| SimDomain {
                 detail,
                 ignores_shutdown: false,
+                xl_daemon: false,
             })
             .collect();
         SimHost {

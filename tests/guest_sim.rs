@@ -348,6 +348,29 @@ fn reboot_brings_the_guest_back_as_a_new_domain() {
     assert_eq!(after.state, DomainState::Running);
 }
 
+#[test]
+fn a_reboot_completed_by_xl_s_daemon_is_not_done_twice() {
+    let t = tempfile::tempdir().unwrap();
+    let mut host = sim(t.path()).snapshot();
+    for d in &mut host.domains {
+        d.xl_daemon = true;
+    }
+    let ts = Sim::new(host).unwrap();
+    let before = ts.resolve(&name("db-1")).unwrap();
+    let r = guest::power(&ts, &name("db-1"), Request::Reboot, &power_opts(false)).unwrap();
+    let after: Vec<_> = ts
+        .list_domains()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.uuid == before.uuid)
+        .collect();
+    assert_eq!(after.len(), 1, "exactly one db-1");
+    assert_eq!(r.new_domid, Some(after[0].domid));
+    assert_ne!(after[0].domid, before.domid);
+    guest::power(&ts, &name("web-1"), Request::Shutdown, &power_opts(false)).unwrap();
+    assert_eq!(state(&ts, "web-1"), None);
+}
+
 fn deaf_sim(dir: &Path) -> Sim {
     let mut host = sim(dir).snapshot();
     for d in &mut host.domains {

@@ -144,7 +144,7 @@ pub fn power(
         timeout: Duration::from_secs(wait.timeout),
         force: wait.force,
         poll: Duration::from_millis(250),
-        reap_grace: Duration::from_secs(2),
+        reap_grace: Duration::from_secs(5),
     };
     let r = ops::power(ts, domain, what, &opts)?;
     let (event, verb) = match what {

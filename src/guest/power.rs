@@ -105,27 +105,30 @@ pub fn power(
     loop {
         match observe(ts, &info)? {
             Seen::Gone if what == Request::Shutdown => return Ok(finish(report, started)),
-            // xl's per-domain daemon (for domains xl created) reaps or reboots
-            // a shut-down domain itself: give it a moment before we do.
-            Seen::ShutDown(_)
-                if first_seen_down.get_or_insert_with(Instant::now).elapsed() < opts.reap_grace => {
-            }
-            Seen::ShutDown(reason) => {
-                // A shut-down domain lingers until a toolstack destroys it
-                // (xl's per-domain daemon does for domains xl created).
-                destroy_if_present(ts, info.domid)?;
-                if what == Request::Shutdown || reason != ShutdownReason::Reboot {
-                    return Ok(finish(report, started));
-                }
-                report.new_domid = Some(boot(ts, &info, config.as_ref())?);
-                return Ok(finish(report, started));
-            }
             Seen::Replaced(domid) => {
-                // Someone else (xl's daemon) re-created it: that is the reboot.
+                // Someone else (xl's per-domain daemon) re-created it: that is
+                // the reboot, done once the new domain runs.
                 report.new_domid = Some(domid);
                 return Ok(finish(report, started));
             }
-            Seen::Gone | Seen::Running => {}
+            Seen::ShutDown(reason)
+                if first_seen_down.get_or_insert_with(Instant::now).elapsed()
+                    >= opts.reap_grace =>
+            {
+                // Nobody reaped it within the grace: it is ours to finish. If
+                // another toolstack is at it after all (its destroy holds the
+                // domain's lock), keep watching instead.
+                if reap(ts, info.domid) {
+                    if what == Request::Shutdown || reason != ShutdownReason::Reboot {
+                        return Ok(finish(report, started));
+                    }
+                    if let Some(domid) = boot_unless_back(ts, &info, config.as_ref())? {
+                        report.new_domid = Some(domid);
+                        return Ok(finish(report, started));
+                    }
+                }
+            }
+            Seen::ShutDown(_) | Seen::Gone | Seen::Running | Seen::Building => {}
         }
         if Instant::now() >= deadline || asked.is_err() {
             if !opts.force {
@@ -139,7 +142,7 @@ pub fn power(
             destroy_if_present(ts, info.domid)?;
             report.forced = true;
             if what == Request::Reboot {
-                report.new_domid = Some(boot(ts, &info, config.as_ref())?);
+                report.new_domid = boot_unless_back(ts, &info, config.as_ref())?;
             }
             return Ok(finish(report, started));
         }
@@ -149,6 +152,8 @@ pub fn power(
 
 enum Seen {
     Running,
+    /// A new domain with the same UUID is being built (paused).
+    Building,
     ShutDown(ShutdownReason),
     /// The old domain is gone and nothing replaced it (yet).
     Gone,
@@ -168,6 +173,7 @@ fn observe(ts: &dyn Toolstack, info: &DomainInfo) -> Result<Seen, OpError> {
         });
     }
     Ok(match list.iter().find(|d| d.uuid == info.uuid) {
+        Some(d) if d.state == DomainState::Paused => Seen::Building,
         Some(d) => Seen::Replaced(d.domid),
         None => Seen::Gone,
     })
@@ -180,16 +186,31 @@ fn destroy_if_present(ts: &dyn Toolstack, domid: DomId) -> Result<(), OpError> {
     }
 }
 
-/// Boots the guest again from the config it had, and lets it run.
-fn boot(
+/// Destroys a shut-down domain; false when another toolstack holds it.
+fn reap(ts: &dyn Toolstack, domid: DomId) -> bool {
+    match ts.destroy(domid) {
+        Ok(()) | Err(ToolstackError::NoSuchDomain(_)) => true,
+        Err(e) => {
+            log::info!("domain {domid} is being handled elsewhere ({e}); watching");
+            false
+        }
+    }
+}
+
+/// Boots the guest again from the config it had and lets it run, unless a
+/// domain with its UUID appeared meanwhile (then `None`: keep watching).
+fn boot_unless_back(
     ts: &dyn Toolstack,
     info: &DomainInfo,
     config: Option<&serde_json::Value>,
-) -> Result<DomId, OpError> {
+) -> Result<Option<DomId>, OpError> {
+    if ts.list_domains()?.iter().any(|d| d.uuid == info.uuid) {
+        return Ok(None);
+    }
     let config = config.ok_or_else(|| OpError::RebootLost(DomainRef::Name(info.name.clone())))?;
     let domid = ts.create(config)?;
     ts.unpause(domid)?;
-    Ok(domid)
+    Ok(Some(domid))
 }
 
 fn finish(mut report: PowerReport, started: Instant) -> PowerReport {
