@@ -13,6 +13,8 @@ pub mod durable;
 pub mod exit;
 pub mod guest;
 pub mod image;
+pub mod journal;
 pub mod libxl;
+pub mod lock;
 pub mod sim;
 pub mod toolstack;

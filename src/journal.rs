@@ -1,0 +1,374 @@
+//! The durable record of a maintenance run: an append-only file of
+//! checksummed JSON lines, fsync'd after every record, so that after a crash
+//! or power cut at any point the run can be replayed up to its last
+//! acknowledged step.
+//!
+//! Line 1 is a header (magic, version, run id). Each further line is
+//! `{"seq":N,"crc":"<xxh3-64>","rec":{...}}`. A torn last line (the crash
+//! came mid-append) is dropped and truncated away; a bad line followed by
+//! good ones is corruption, and refused with the file and line named.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+pub const MAGIC: &str = "xenmaint-journal";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Durable(#[from] durable::DurableError),
+    #[error("journal {path} is not a xenmaint journal (line 1: {detail})")]
+    NotAJournal { path: PathBuf, detail: String },
+    #[error("journal {path} has version {found}; this xenmaint reads version {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("journal {path} is corrupt at line {line}: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub magic: String,
+    pub version: u32,
+    pub run: String,
+    pub created_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<R> {
+    seq: u64,
+    crc: String,
+    rec: R,
+}
+
+fn crc_of(rec: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(rec).expect("a Value serialises");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+/// An open journal, positioned to append.
+pub struct Journal<R> {
+    file: File,
+    path: PathBuf,
+    next_seq: u64,
+    _rec: PhantomData<R>,
+}
+
+impl<R: Serialize + DeserializeOwned> Journal<R> {
+    /// Creates a new journal (never over an existing file) and makes its
+    /// header durable, directory entry included.
+    pub fn create(path: &Path, run: &str, created_at: u64) -> Result<Journal<R>, JournalError> {
+        let mut file = durable::create_new(path)?;
+        let header = Header {
+            magic: MAGIC.into(),
+            version: VERSION,
+            run: run.into(),
+            created_at,
+        };
+        let mut text = serde_json::to_vec(&header).expect("header serialises");
+        text.push(b'\n');
+        file.write_all(&text).map_err(|source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        durable::sync(&file, path)?;
+        durable::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(Journal {
+            file,
+            path: path.to_owned(),
+            next_seq: 1,
+            _rec: PhantomData,
+        })
+    }
+
+    /// Opens a journal for appending, returning its header and records. A
+    /// torn last record is dropped and cut off the file.
+    pub fn open(path: &Path) -> Result<(Journal<R>, Header, Vec<R>), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io)?;
+        let (header, records, good_len, total_len) = Self::replay(path, &file)?;
+        if good_len < total_len {
+            log::warn!(
+                "journal {}: dropping a torn last record ({} bytes) left by a crash",
+                path.display(),
+                total_len - good_len
+            );
+            file.set_len(good_len).map_err(io)?;
+            durable::sync(&file, path)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        let next_seq = records.len() as u64 + 1;
+        Ok((
+            Journal {
+                file,
+                path: path.to_owned(),
+                next_seq,
+                _rec: PhantomData,
+            },
+            header,
+            records,
+        ))
+    }
+
+    /// Reads a journal without changing it (for `status`).
+    pub fn read(path: &Path) -> Result<(Header, Vec<R>), JournalError> {
+        let file = File::open(path).map_err(|source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (header, records, _, _) = Self::replay(path, &file)?;
+        Ok((header, records))
+    }
+
+    fn replay(path: &Path, file: &File) -> Result<(Header, Vec<R>, u64, u64), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut reader = BufReader::new(file);
+        reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut raw = Vec::new();
+        let mut lines: Vec<(Vec<u8>, bool)> = Vec::new();
+        loop {
+            raw.clear();
+            let n = reader.read_until(b'\n', &mut raw).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            let complete = raw.last() == Some(&b'\n');
+            lines.push((raw.clone(), complete));
+        }
+        let total_len: u64 = lines.iter().map(|(l, _)| l.len() as u64).sum();
+        let not_journal = |detail: String| JournalError::NotAJournal {
+            path: path.to_owned(),
+            detail,
+        };
+        let (first, first_complete) = lines
+            .first()
+            .ok_or_else(|| not_journal("the file is empty".into()))?;
+        let header: Header = serde_json::from_slice(first)
+            .map_err(|e| not_journal(e.to_string()))
+            .and_then(|h: Header| {
+                if *first_complete && h.magic == MAGIC {
+                    Ok(h)
+                } else {
+                    Err(not_journal("no xenmaint-journal header".into()))
+                }
+            })?;
+        if header.version != VERSION {
+            return Err(JournalError::Version {
+                path: path.to_owned(),
+                found: header.version,
+            });
+        }
+        let mut records = Vec::new();
+        let mut good_len = first.len() as u64;
+        let last = lines.len() - 1;
+        for (i, (line, complete)) in lines.iter().enumerate().skip(1) {
+            match Self::parse_line(line, *complete, records.len() as u64 + 1) {
+                Ok(rec) => {
+                    records.push(rec);
+                    good_len += line.len() as u64;
+                }
+                // Only the record being appended when the crash came may be torn.
+                Err(_) if i == last => break,
+                Err(detail) => {
+                    return Err(JournalError::Corrupt {
+                        path: path.to_owned(),
+                        line: i + 1,
+                        detail,
+                    })
+                }
+            }
+        }
+        Ok((header, records, good_len, total_len))
+    }
+
+    fn parse_line(line: &[u8], complete: bool, want_seq: u64) -> Result<R, String> {
+        if !complete {
+            return Err("record without its line end".into());
+        }
+        let parsed: Line<serde_json::Value> =
+            serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if parsed.seq != want_seq {
+            return Err(format!("sequence {} where {want_seq} was due", parsed.seq));
+        }
+        if crc_of(&parsed.rec) != parsed.crc {
+            return Err("checksum mismatch".into());
+        }
+        serde_json::from_value(parsed.rec).map_err(|e| e.to_string())
+    }
+
+    /// Appends one record and returns once it is on disk.
+    pub fn append(&mut self, rec: &R) -> Result<(), JournalError> {
+        let value = serde_json::to_value(rec).expect("records serialise");
+        let line = Line {
+            seq: self.next_seq,
+            crc: crc_of(&value),
+            rec: value,
+        };
+        let mut text = serde_json::to_vec(&line).expect("lines serialise");
+        text.push(b'\n');
+        self.file
+            .write_all(&text)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Rec {
+        Began { guest: String },
+        Done { guest: String, bytes: u64 },
+    }
+
+    fn recs() -> Vec<Rec> {
+        (0..4)
+            .flat_map(|i| {
+                [
+                    Rec::Began {
+                        guest: format!("g{i}"),
+                    },
+                    Rec::Done {
+                        guest: format!("g{i}"),
+                        bytes: 1 << i,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_survive_reopening_and_appends_continue() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("run.journal");
+        let mut j = Journal::<Rec>::create(&p, "run-1", 7).unwrap();
+        for r in &recs()[..3] {
+            j.append(r).unwrap();
+        }
+        drop(j);
+        let (mut j, header, got) = Journal::<Rec>::open(&p).unwrap();
+        assert_eq!(header.run, "run-1");
+        assert_eq!(got, recs()[..3]);
+        for r in &recs()[3..] {
+            j.append(r).unwrap();
+        }
+        let (_, got) = Journal::<Rec>::read(&p).unwrap();
+        assert_eq!(got, recs());
+        assert!(
+            Journal::<Rec>::create(&p, "again", 0).is_err(),
+            "never over a journal"
+        );
+    }
+
+    #[test]
+    fn a_crash_at_any_byte_loses_at_most_the_record_being_written() {
+        let t = tempfile::tempdir().unwrap();
+        let full = t.path().join("full");
+        let mut j = Journal::<Rec>::create(&full, "r", 0).unwrap();
+        let mut ends = vec![std::fs::metadata(&full).unwrap().len()];
+        for r in &recs() {
+            j.append(r).unwrap();
+            ends.push(std::fs::metadata(&full).unwrap().len());
+        }
+        let bytes = std::fs::read(&full).unwrap();
+        let p = t.path().join("cut");
+        for cut in ends[0] as usize..=bytes.len() {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            let (mut j, _, got) = Journal::<Rec>::open(&p).unwrap();
+            let whole = ends.iter().filter(|&&e| e as usize <= cut).count() - 1;
+            assert_eq!(got, recs()[..whole], "cut at {cut}");
+            // The torn tail is gone: the next append makes a valid journal.
+            j.append(&Rec::Began {
+                guest: "next".into(),
+            })
+            .unwrap();
+            let (_, again) = Journal::<Rec>::read(&p).unwrap();
+            assert_eq!(again.len(), whole + 1, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn corruption_before_the_end_is_refused_naming_the_line() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("j");
+        let mut j = Journal::<Rec>::create(&p, "r", 0).unwrap();
+        for r in &recs() {
+            j.append(r).unwrap();
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let bad = text.replacen("\"bytes\":2", "\"bytes\":3", 1);
+        assert_ne!(bad, text);
+        std::fs::write(&p, bad).unwrap();
+        let e = Journal::<Rec>::open(&p).err().unwrap();
+        assert!(matches!(e, JournalError::Corrupt { line: 5, .. }), "{e}");
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn foreign_and_future_files_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("j");
+        for (content, want) in [
+            ("", "empty"),
+            ("hello\n", "not a xenmaint journal"),
+            (
+                "{\"magic\":\"other\",\"version\":1,\"run\":\"r\",\"created_at\":0}\n",
+                "header",
+            ),
+        ] {
+            std::fs::write(&p, content).unwrap();
+            let e = Journal::<Rec>::open(&p).err().unwrap();
+            assert!(e.to_string().contains(want), "{content:?}: {e}");
+        }
+        std::fs::write(
+            &p,
+            "{\"magic\":\"xenmaint-journal\",\"version\":9,\"run\":\"r\",\"created_at\":0}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Journal::<Rec>::open(&p),
+            Err(JournalError::Version { found: 9, .. })
+        ));
+    }
+}
