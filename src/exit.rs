@@ -15,3 +15,5 @@ pub const NO_SUCH_DOMAIN: i32 = 4;
 pub const BAD_INPUT: i32 = 5;
 /// A guest did not do as asked (shut down, reboot) within the timeout.
 pub const TIMEOUT: i32 = 6;
+/// `plan` found errors: a maintenance run would be refused.
+pub const PLAN_BLOCKED: i32 = 7;

@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod config;
 pub mod domain;
 pub mod durable;
 pub mod exit;
@@ -16,5 +17,6 @@ pub mod image;
 pub mod journal;
 pub mod libxl;
 pub mod lock;
+pub mod plan;
 pub mod sim;
 pub mod toolstack;

@@ -322,3 +322,54 @@ fn shutdown_of_unknown_domain_exits_4() {
     assert_eq!(sim(&["shutdown", "ghost", "--wait"]).code, 4);
     assert_eq!(sim(&["reboot", "77"]).code, 4);
 }
+
+#[test]
+fn plan_lists_every_guest_and_changes_nothing() {
+    let r = sim(&["plan", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = &json_lines(&r.stdout)[0];
+    assert_eq!(p["event"], "plan");
+    assert_eq!(p["simulated"], true);
+    let guests = p["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 3, "dom0 is never planned");
+    assert!(guests.iter().all(|g| g["action"] == "save"));
+    let human = sim(&["plan"]);
+    assert!(human.stdout.contains("nothing has been changed"));
+    assert!(
+        human.stdout.trim_end().ends_with("plan: ready"),
+        "{}",
+        human.stdout
+    );
+}
+
+#[test]
+fn plan_with_errors_exits_7_and_bad_config_exits_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = custom_host(dir.path(), |h| {
+        h["domains"][1]["config"]["pcidevs"] = serde_json::json!([{"bus": 3}]);
+    });
+    let r = run(&["--sim", host.to_str().unwrap(), "plan"]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("ERROR: web-1 has PCI passthrough"),
+        "{}",
+        r.stdout
+    );
+
+    // The same guest set to shut down instead: the plan is ready.
+    let cfg = dir.path().join("xenmaint.toml");
+    std::fs::write(&cfg, "[guests.web-1]\naction = \"shutdown\"\n").unwrap();
+    let r = run(&[
+        "--sim",
+        host.to_str().unwrap(),
+        "plan",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    std::fs::write(&cfg, "concurency = 3\n").unwrap();
+    let r = sim(&["plan", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.code, 5);
+    assert!(r.stderr.contains("xenmaint.toml"), "{}", r.stderr);
+}

@@ -4,6 +4,7 @@
 mod guest;
 mod inventory;
 mod output;
+mod plan;
 
 use std::io;
 use std::path::PathBuf;
@@ -52,7 +53,8 @@ Exit codes:
   3  no usable Xen toolstack here (not a dom0, not root)
   4  no such domain
   5  an input file (image, manifest, simulated host) is missing or invalid
-  6  a guest did not do as asked in time";
+  6  a guest did not do as asked in time
+  7  the plan has errors: a maintenance run would be refused";
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -65,6 +67,19 @@ pub enum Verb {
     },
     /// Show the running hypervisor, the host's memory and xenmaint's version.
     Version,
+    /// What a maintenance run would do, changing nothing: per guest its action
+    /// and order, image space and time needed, and what blocks the run.
+    Plan {
+        /// Policy file (default /etc/xenmaint/xenmaint.toml, if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Directory for the images (overrides the config).
+        #[arg(long, value_name = "DIR")]
+        image_dir: Option<PathBuf>,
+        /// Guests saved or restored at once (overrides the config).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
+    },
     /// Save a guest to an xl-format image; it is destroyed only once the image
     /// is on disk and read back intact.
     Save {
@@ -142,6 +157,10 @@ pub enum CliError {
     Op(#[from] OpError),
     #[error("refusing to destroy {0} without --yes when not asked on a terminal")]
     NotConfirmed(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the plan has {0} error(s): a maintenance run would be refused")]
+    PlanBlocked(usize),
     #[error("cannot write output: {0}")]
     Output(io::Error),
 }
@@ -156,7 +175,8 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         let ts = match self {
             CliError::Toolstack(e) | CliError::Op(OpError::Toolstack(e)) => e,
-            CliError::Sim(_) => return exit::BAD_INPUT,
+            CliError::Sim(_) | CliError::Config(_) => return exit::BAD_INPUT,
+            CliError::PlanBlocked(_) => return exit::PLAN_BLOCKED,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
             CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
             CliError::Op(OpError::SaveFailed { cause, .. })
@@ -242,6 +262,20 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         Verb::List => inventory::list(ts, &out)?,
         Verb::Info { domain } => inventory::info(ts, domain, &out)?,
         Verb::Version => inventory::version(ts, &out)?,
+        Verb::Plan {
+            config,
+            image_dir,
+            concurrency,
+        } => {
+            let mut policy = crate::config::load_policy(config.as_deref())?;
+            if let Some(dir) = image_dir {
+                policy.image_dir = dir.clone();
+            }
+            if let Some(n) = concurrency {
+                policy.concurrency = usize::from(*n);
+            }
+            plan::plan(ts, &policy, &out)?
+        }
         Verb::Save {
             domain,
             out: file,

@@ -1,0 +1,456 @@
+//! `plan`: what a maintenance run would do on this host, with no side
+//! effects: per guest its action and order, the image space and time
+//! needed, and what blocks the run (as errors) or deserves a look (warnings).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{DomId, DomainDetail, DomainState, HypervisorVersion, Nic, PhysInfo, Uuid};
+use crate::toolstack::{Result, Toolstack};
+
+/// What happens to a guest during maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Saved to an image before the reboot, restored after: memory state kept.
+    Save,
+    /// Shut down cleanly, cold booted from its config after the reboot.
+    Shutdown,
+    /// Left alone (and lost by the reboot if it runs): only by explicit policy.
+    Skip,
+}
+
+/// The administrator's choices for one guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestPolicy {
+    #[serde(default)]
+    pub action: Option<Action>,
+    /// Higher comes back first after the reboot (and is saved last).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// How a run is planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub default_action: Action,
+    /// By guest name or UUID.
+    pub guests: BTreeMap<String, GuestPolicy>,
+    pub concurrency: usize,
+    pub image_dir: PathBuf,
+    pub live: bool,
+    /// For time estimates until measured figures exist.
+    pub save_mib_s: f64,
+    pub restore_mib_s: f64,
+    /// Seconds a clean guest shutdown or boot is expected to take.
+    pub shutdown_s: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            default_action: Action::Save,
+            guests: BTreeMap::new(),
+            concurrency: 2,
+            image_dir: PathBuf::from(crate::guest::DEFAULT_IMAGE_DIR),
+            live: false,
+            save_mib_s: 100.0,
+            restore_mib_s: 100.0,
+            shutdown_s: 30.0,
+        }
+    }
+}
+
+/// What the plan needs from the host besides the toolstack (a seam, so the
+/// plan is tested without a real filesystem or /etc).
+pub trait HostFacts {
+    /// Bytes free for images under `dir` (or its nearest existing parent).
+    fn free_bytes(&self, dir: &Path) -> std::io::Result<u64>;
+    /// Why xendomains would act on the same guests at shutdown, if it would.
+    fn xendomains_conflict(&self) -> Option<String>;
+}
+
+/// The real host: statvfs and Debian's /etc/default/xendomains.
+pub struct RealHost;
+
+impl HostFacts for RealHost {
+    fn free_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        let mut probe = dir;
+        while !probe.exists() {
+            probe = probe.parent().unwrap_or(Path::new("/"));
+        }
+        let s = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
+        Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+    }
+
+    fn xendomains_conflict(&self) -> Option<String> {
+        xendomains_conflict_in(
+            &std::fs::read_to_string("/etc/default/xendomains").unwrap_or_default(),
+            Path::new("/etc/systemd/system/multi-user.target.wants/xendomains.service").exists(),
+        )
+    }
+}
+
+/// xendomains saves every running guest at host shutdown when enabled and
+/// XENDOMAINS_SAVE is non-empty (Debian's default is /var/lib/xen/save).
+pub fn xendomains_conflict_in(defaults: &str, enabled: bool) -> Option<String> {
+    if !enabled {
+        return None;
+    }
+    let save = defaults
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("XENDOMAINS_SAVE="))
+        .next_back()
+        .map(|v| v.trim_matches(|c| c == '"' || c == '\''))
+        .unwrap_or("/var/lib/xen/save");
+    (!save.is_empty()).then(|| {
+        format!(
+            "xendomains is enabled and saves guests to {save} at shutdown: it would race \
+             xenmaint over the same guests (set XENDOMAINS_SAVE= in /etc/default/xendomains, \
+             or disable xendomains.service)"
+        )
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub guest: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedGuest {
+    pub name: String,
+    pub uuid: Uuid,
+    pub domid: DomId,
+    pub action: Action,
+    pub priority: i32,
+    /// Position in the drain (1 = first); restores go the other way.
+    pub order: usize,
+    pub memory_kib: u64,
+    /// Bytes its image will take (0 unless saved).
+    pub image_bytes: u64,
+    pub est_drain_s: f64,
+    pub est_resume_s: f64,
+    pub nics: Vec<Nic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub hypervisor: String,
+    pub image_dir: PathBuf,
+    pub space_needed: u64,
+    pub space_free: u64,
+    pub host_memory: PhysInfo,
+    pub concurrency: usize,
+    pub est_drain_s: f64,
+    pub est_resume_s: f64,
+    pub guests: Vec<PlannedGuest>,
+    pub findings: Vec<Finding>,
+}
+
+impl Plan {
+    /// A run may start only when nothing is an error.
+    pub fn blocked(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// Bytes an image of a guest with this much memory takes: its pages plus
+/// per-page stream overhead (PAGE_DATA headers, ~0.5%) and the config.
+fn image_bytes(memory_kib: u64) -> u64 {
+    let pages = memory_kib / 4;
+    pages * 4096 + pages * 16 + (1 << 20)
+}
+
+pub fn plan(ts: &dyn Toolstack, policy: &Policy, host: &dyn HostFacts) -> Result<Plan> {
+    let hv: HypervisorVersion = ts.version()?;
+    let phys = ts.physinfo()?;
+    let mut findings = Vec::new();
+    let mut guests = Vec::new();
+    for info in ts.list_domains()?.into_iter().filter(|d| d.domid != 0) {
+        let detail: DomainDetail = ts.domain_detail(info.domid)?;
+        let chosen = policy
+            .guests
+            .get(&info.name)
+            .or_else(|| policy.guests.get(&info.uuid.to_string()));
+        let mut action = chosen
+            .and_then(|g| g.action)
+            .unwrap_or(policy.default_action);
+        let priority = chosen.map_or(0, |g| g.priority);
+        let finding = |severity, message: String| Finding {
+            severity,
+            guest: Some(info.name.clone()),
+            message,
+        };
+        if matches!(
+            info.state,
+            DomainState::Shutdown | DomainState::Crashed | DomainState::Dying
+        ) {
+            findings.push(finding(
+                Severity::Warning,
+                format!("is {}: left alone", info.state),
+            ));
+            action = Action::Skip;
+        }
+        let config = detail.config.as_ref();
+        if action != Action::Skip && config.is_none() {
+            findings.push(finding(
+                Severity::Error,
+                "was not created by libxl (no stored config): xenmaint cannot bring it back \
+                 after the reboot"
+                    .into(),
+            ));
+        }
+        let has_pci = config
+            .and_then(|c| c["pcidevs"].as_array())
+            .is_some_and(|a| !a.is_empty());
+        if has_pci && action == Action::Save {
+            findings.push(finding(
+                Severity::Error,
+                "has PCI passthrough, which cannot be saved: give it action \"shutdown\"".into(),
+            ));
+        }
+        if action == Action::Skip && info.state != DomainState::Shutdown {
+            findings.push(finding(
+                Severity::Warning,
+                "is skipped by policy: the host reboot will stop it".into(),
+            ));
+        }
+        let image = if action == Action::Save {
+            image_bytes(info.memory_kib)
+        } else {
+            0
+        };
+        let mib = image as f64 / f64::from(1 << 20);
+        let (est_drain_s, est_resume_s) = match action {
+            Action::Save => (mib / policy.save_mib_s, mib / policy.restore_mib_s),
+            Action::Shutdown => (policy.shutdown_s, policy.shutdown_s),
+            Action::Skip => (0.0, 0.0),
+        };
+        guests.push(PlannedGuest {
+            name: info.name,
+            uuid: info.uuid,
+            domid: info.domid,
+            action,
+            priority,
+            order: 0,
+            memory_kib: info.memory_kib,
+            image_bytes: image,
+            est_drain_s,
+            est_resume_s,
+            nics: detail.nics,
+        });
+    }
+    // Drain the least important first, so the most important run longest
+    // and, restored in reverse order, come back first.
+    guests.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    for (i, g) in guests.iter_mut().enumerate() {
+        g.order = i + 1;
+    }
+
+    let space_needed: u64 = guests.iter().map(|g| g.image_bytes).sum();
+    let space_free = match host.free_bytes(&policy.image_dir) {
+        Ok(b) => b,
+        Err(e) => {
+            findings.push(Finding {
+                severity: Severity::Error,
+                guest: None,
+                message: format!(
+                    "cannot measure free space under {}: {e}",
+                    policy.image_dir.display()
+                ),
+            });
+            0
+        }
+    };
+    if space_needed > space_free {
+        findings.push(Finding {
+            severity: Severity::Error,
+            guest: None,
+            message: format!(
+                "images need {} MiB but {} has {} MiB free",
+                space_needed >> 20,
+                policy.image_dir.display(),
+                space_free >> 20
+            ),
+        });
+    }
+    if let Some(why) = host.xendomains_conflict() {
+        findings.push(Finding {
+            severity: Severity::Error,
+            guest: None,
+            message: why,
+        });
+    }
+    let lanes = policy.concurrency.max(1) as f64;
+    let est_drain_s = guests.iter().map(|g| g.est_drain_s).sum::<f64>() / lanes;
+    let est_resume_s = guests.iter().map(|g| g.est_resume_s).sum::<f64>() / lanes;
+    Ok(Plan {
+        hypervisor: hv.release(),
+        image_dir: policy.image_dir.clone(),
+        space_needed,
+        space_free,
+        host_memory: phys,
+        concurrency: policy.concurrency.max(1),
+        est_drain_s,
+        est_resume_s,
+        guests,
+        findings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Sim;
+
+    struct Facts {
+        free: u64,
+        xendomains: Option<String>,
+    }
+
+    impl HostFacts for Facts {
+        fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
+            Ok(self.free)
+        }
+        fn xendomains_conflict(&self) -> Option<String> {
+            self.xendomains.clone()
+        }
+    }
+
+    fn example() -> Sim {
+        Sim::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json")).unwrap()
+    }
+
+    fn roomy() -> Facts {
+        Facts {
+            free: 100 << 30,
+            xendomains: None,
+        }
+    }
+
+    #[test]
+    fn every_guest_is_planned_in_priority_order_with_space_and_time() {
+        let mut policy = Policy::default();
+        policy.guests.insert(
+            "db-1".into(),
+            GuestPolicy {
+                action: None,
+                priority: 10,
+            },
+        );
+        policy.guests.insert(
+            "6f1c0003-5b2e-4d7a-9c3e-0a1b2c3d4e03".into(),
+            GuestPolicy {
+                action: Some(Action::Shutdown),
+                priority: 0,
+            },
+        );
+        let p = plan(&example(), &policy, &roomy()).unwrap();
+        let names: Vec<_> = p
+            .guests
+            .iter()
+            .map(|g| (g.name.as_str(), g.action))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("cache-1", Action::Shutdown),
+                ("web-1", Action::Save),
+                ("db-1", Action::Save)
+            ],
+            "dom0 never planned; db-1 (priority 10) drained last"
+        );
+        assert_eq!(p.guests[2].order, 3);
+        assert_eq!(p.guests[0].image_bytes, 0);
+        assert!(p.space_needed > (256 + 512) << 20);
+        assert!(p.est_drain_s > 0.0 && p.est_resume_s > 0.0);
+        assert!(!p.blocked(), "{:?}", p.findings);
+    }
+
+    #[test]
+    fn too_little_space_and_xendomains_block_the_run() {
+        let facts = Facts {
+            free: 10 << 20,
+            xendomains: xendomains_conflict_in("XENDOMAINS_SAVE=/var/lib/xen/save\n", true),
+        };
+        let p = plan(&example(), &Policy::default(), &facts).unwrap();
+        assert!(p.blocked());
+        let text: Vec<_> = p.findings.iter().map(|f| f.message.as_str()).collect();
+        assert!(text.iter().any(|m| m.contains("MiB free")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("xendomains")), "{text:?}");
+    }
+
+    #[test]
+    fn xendomains_counts_only_when_enabled_and_saving() {
+        assert!(xendomains_conflict_in("", false).is_none());
+        assert!(
+            xendomains_conflict_in("", true).is_some(),
+            "Debian's default saves"
+        );
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\n", true).is_none());
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\"\"\n", true).is_none());
+        assert!(
+            xendomains_conflict_in("#XENDOMAINS_SAVE=\nXENDOMAINS_SAVE=/srv\n", true)
+                .unwrap()
+                .contains("/srv")
+        );
+    }
+
+    #[test]
+    fn pci_passthrough_and_foreign_domains_are_errors() {
+        let mut host = example().snapshot();
+        host.domains[1].detail.config.as_mut().unwrap()["pcidevs"] =
+            serde_json::json!([{"func": 0, "dev": 2, "bus": 3}]);
+        host.domains[2].detail.config = None;
+        let p = plan(&Sim::new(host).unwrap(), &Policy::default(), &roomy()).unwrap();
+        let errors: Vec<_> = p
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| (f.guest.clone().unwrap(), f.message.clone()))
+            .collect();
+        assert!(
+            errors
+                .iter()
+                .any(|(g, m)| g == "web-1" && m.contains("PCI")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|(g, m)| g == "db-1" && m.contains("libxl")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_failing_toolstack_fails_the_plan() {
+        let sim = example();
+        sim.inject(crate::sim::Fault {
+            call: crate::toolstack::Call::ListDomains,
+            domid: None,
+            message: "xenstored down".into(),
+        });
+        assert!(plan(&sim, &Policy::default(), &roomy()).is_err());
+    }
+}
