@@ -7,6 +7,7 @@
 //! - [`image`]: xl-format save images and their checks.
 //! - [`cli`]: the command line.
 
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod domain;
