@@ -30,11 +30,12 @@ phase() { nested_marker phase "name=$1"; }
 
 # outside PHASE: ask the runner to run the --outside script now, with PHASE; returns its
 # exit code and prints its output. Goes over QEMU user networking to the runner's control
-# port on the test machine's loopback (10.0.2.2 is the host side of slirp).
+# port on the test machine's loopback, through the guestfwd address in run.env (QEMU's
+# user network is restricted: nothing else leaves the VM).
 outside() {
   local ph=$1 line rc=99
   if [ -z "${NESTED_CTL_PORT:-}" ]; then nested_log "outside: no control port"; return 98; fi
-  exec {fd}<>"/dev/tcp/10.0.2.2/$NESTED_CTL_PORT" || return 97
+  exec {fd}<>"/dev/tcp/${NESTED_CTL_ADDR:-10.0.2.100}/$NESTED_CTL_PORT" || return 97
   printf 'outside %s %s\n' "$NESTED_BOOT" "$ph" >&"$fd"
   while IFS= read -r -u "$fd" line; do
     case $line in
@@ -84,3 +85,92 @@ guest_request() {
 }
 # Guest table from the image: name ip mac uuid mem
 guests() { grep -v '^#' /etc/xen/guests/guests.list | awk 'NF>=5'; }
+
+# ---- the image's guests (shared by scenarios) ---------------------------------------------
+# start_guests: xl create every guest in parallel (each takes ~10 s under TCG, mostly hotplug
+# scripts), then wait until all answer.
+start_guests() {
+  local name pids=() p rc=0
+  while read -r -u 7 name _; do
+    xl create "/etc/xen/guests/$name.cfg" > "$NESTED_RESULTS/xl-create-$name.log" 2>&1 & pids+=($!)
+  done 7< <(guests)
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  [ "$rc" = 0 ] || { echo "xl create failed:"; cat "$NESTED_RESULTS"/xl-create-*.log; return 1; }
+  wait_guests
+}
+
+# Wait until every guest's service answers from dom0 with its own name.
+wait_guests() {
+  local name ip mac uuid mem
+  while read -r -u 7 name ip mac uuid mem; do
+    nested_wait 180 "guest_request $ip STATUS > /tmp/answer.$name 2>&1; grep -qx name=$name /tmp/answer.$name" \
+      || { echo "guest $name ($ip) does not answer; last answer:"; cat "/tmp/answer.$name"; return 1; }
+    echo "guest $name answers at $ip"
+  done 7< <(guests)
+}
+
+# libxl's stored config (xl list -l) holds every guest's vif ip.
+xl_config_has_ips() {
+  local name ip _
+  while read -r -u 7 name ip _; do
+    grep -q "\"ip\": \"$ip\"" "$1" || { echo "no ip $ip for $name in $1"; return 1; }
+  done 7< <(guests)
+}
+
+# Check `xenmaint version --json` (one JSON object) against an expected Xen version.
+check_xm_version() {
+  local want=$1 out=$NESTED_RESULTS/boot-$NESTED_BOOT-xenmaint-version.json
+  xenmaint version --json > "$out" 2> "$out.stderr" || { cat "$out.stderr"; return 1; }
+  python3 - "$out" "$want" <<'PY'
+import json, sys
+v = json.loads(open(sys.argv[1]).read())
+h = v["hypervisor"]
+got = f"{h['major']}.{h['minor']}{h['extra']}"
+print(f"xenmaint version: hypervisor {got}, xenmaint {v.get('xenmaint', v.get('version'))}")
+sys.exit(0 if got.startswith(sys.argv[2]) else 1)
+PY
+}
+
+# Check `xenmaint list --json` (JSON Lines) shows dom0 and every running guest with its
+# uuid, MAC, IP, bridge and disk path.
+check_xm_list() {
+  local out=$NESTED_RESULTS/boot-$NESTED_BOOT-xenmaint-list.jsonl
+  xenmaint list --json > "$out" 2> "$out.stderr" || { cat "$out.stderr"; return 1; }
+  python3 - "$out" /etc/xen/guests/guests.list <<'PY'
+import json, sys
+doms = {}
+for line in open(sys.argv[1]):
+    if line.strip():
+        d = json.loads(line)
+        doms[d["name"]] = d
+bad = []
+if not any(d.get("domid") == 0 for d in doms.values()):
+    bad.append("no domid 0 (dom0) in the list")
+for line in open(sys.argv[2]):
+    f = line.split()
+    if len(f) < 5 or f[0].startswith("#"):
+        continue
+    name, ip, mac, uuid = f[:4]
+    d = doms.get(name)
+    if d is None:
+        bad.append(f"{name}: missing"); continue
+    if str(d.get("uuid", "")).lower() != uuid:
+        bad.append(f"{name}: uuid {d.get('uuid')} != {uuid}")
+    nics = d.get("nics") or []
+    if not any(str(n.get("mac", "")).lower() == mac and n.get("ip") == ip and n.get("bridge") == "xenbr0" for n in nics):
+        bad.append(f"{name}: no nic with mac={mac} ip={ip} bridge=xenbr0 in {nics}")
+    disks = d.get("disks") or []
+    if not any(k.get("path") == f"/var/lib/xen-guests/{name}.img" for k in disks):
+        bad.append(f"{name}: no disk /var/lib/xen-guests/{name}.img in {disks}")
+    print(f"xenmaint list: {name} domid={d.get('domid')} state={d.get('state')} nics={len(nics)} disks={len(disks)}")
+for b in bad:
+    print("xenmaint list:", b)
+sys.exit(1 if bad else 0)
+PY
+}
+
+xm_check() {   # xm_check TEST DESC fn args...: a xenmaint check; skipped without the binary
+  local t=$1 d=$2; shift 2
+  if have_xenmaint; then check "$t" "$d" "$@"
+  else echo "  SKIP [$t] $d (no xenmaint binary in this run)"; echo "$d" >> "$NESTED_STATE/skipped"; fi
+}

@@ -10,6 +10,11 @@ finished with rc=0 and every test it declared reported PASS.
 """
 import argparse, os, re, shutil, socket, subprocess, sys, threading, time
 
+# The runner's control channel as the VM sees it (a guestfwd address of QEMU's
+# user network; see the -netdev line).
+CTL_ADDR = "10.0.2.100"
+CTL_GUEST_PORT = 7777
+
 MARK = re.compile(rb"@@NESTED-XEN@@ boot=(\d+) event=(\S+)(.*)")
 T0 = time.monotonic()
 
@@ -109,7 +114,7 @@ class Run:
 
         ctl = socket.socket()
         ctl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ctl.bind(("127.0.0.1", 0))   # slirp maps the guest's 10.0.2.2 to this loopback
+        ctl.bind(("127.0.0.1", 0))   # reached from the VM only through guestfwd + relay.py
         ctl.listen(8)
         ctl_port = ctl.getsockname()[1]
         threading.Thread(target=self.serve, args=(ctl,), daemon=True).start()
@@ -126,7 +131,7 @@ class Run:
         if a.xenmaint:
             shutil.copy(a.xenmaint, os.path.join(io, "bin", "xenmaint"))
         with open(os.path.join(io, "run.env"), "w") as f:
-            f.write(f"NESTED_CTL_PORT={ctl_port}\n")
+            f.write(f"NESTED_CTL_ADDR={CTL_ADDR}\nNESTED_CTL_PORT={CTL_GUEST_PORT}\n")
         io_img = os.path.join(work, "io.img")
         subprocess.run(["truncate", "-s", "1G", io_img], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "nested-io", "-d", io, io_img], check=True)
@@ -140,12 +145,20 @@ class Run:
                "-monitor", "none", "-serial", "stdio",
                "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
                "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
-               "-netdev", f"user,id=n0,net=10.0.2.0/24,{fwd}",
+               # restrict=on: no packet from the VM is routed anywhere (a guest that
+               # is down must not turn dom0's probes into traffic to a real 10.0.2.x
+               # address); hostfwd still brings clients in, and the one way out is
+               # guestfwd to the runner's control port through relay.py.
+               "-netdev", f"user,id=n0,net=10.0.2.0/24,restrict=on,{fwd},"
+                          f"guestfwd=tcp:{CTL_ADDR}:{CTL_GUEST_PORT}-cmd:python3 "
+                          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'relay.py')} {ctl_port}",
                "-device", "e1000,netdev=n0"]
         say("ports: " + " ".join(f"{g['name']}={g['ip']}:7000->127.0.0.1:{g['port']}" for g in self.guests)
             + f" control=127.0.0.1:{ctl_port}")
         say("qemu: " + " ".join(cmd))
         serial = open(os.path.join(self.out, "serial.log"), "wb")
+        # The same lines prefixed with the run's clock: where the time goes, for any stretch.
+        serial_t = open(os.path.join(self.out, "serial-timed.log"), "wb")
         timeline = open(os.path.join(self.out, "timeline.txt"), "w")
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -165,6 +178,7 @@ class Run:
 
         for raw in iter(qemu.stdout.readline, b""):
             serial.write(raw); serial.flush()
+            serial_t.write(f"{time.monotonic() - T0:8.2f} ".encode() + raw)
             if a.verbose:
                 sys.stdout.buffer.write(raw); sys.stdout.flush()
             if b"nested-xen grub entry:" in raw and b"echo" not in raw:
@@ -195,6 +209,7 @@ class Run:
         killer.cancel()
         mark(f"qemu exited rc={qemu.returncode}")
         serial.close()
+        serial_t.close()
 
         # Results and state back from the io disk (no mounts: debugfs rdump).
         res = os.path.join(self.out, "results")
