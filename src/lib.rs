@@ -19,5 +19,6 @@ pub mod journal;
 pub mod libxl;
 pub mod lock;
 pub mod plan;
+pub mod sequencer;
 pub mod sim;
 pub mod toolstack;

@@ -33,6 +33,16 @@ pub struct GuestPolicy {
     pub priority: i32,
 }
 
+/// What a run does when a guest cannot be drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Bring every saved guest back at once; no reboot.
+    Rollback,
+    /// Stop where it is; no reboot; the administrator decides.
+    Halt,
+}
+
 /// How a run is planned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +58,7 @@ pub struct Policy {
     pub restore_mib_s: f64,
     /// Seconds a clean guest shutdown or boot is expected to take.
     pub shutdown_s: f64,
+    pub on_failure: OnFailure,
 }
 
 impl Default for Policy {
@@ -61,13 +72,14 @@ impl Default for Policy {
             save_mib_s: 100.0,
             restore_mib_s: 100.0,
             shutdown_s: 30.0,
+            on_failure: OnFailure::Rollback,
         }
     }
 }
 
 /// What the plan needs from the host besides the toolstack (a seam, so the
 /// plan is tested without a real filesystem or /etc).
-pub trait HostFacts {
+pub trait HostFacts: Sync {
     /// Bytes free for images under `dir` (or its nearest existing parent).
     fn free_bytes(&self, dir: &Path) -> std::io::Result<u64>;
     /// Why xendomains would act on the same guests at shutdown, if it would.

@@ -1,0 +1,810 @@
+//! The maintenance run: drain a host (save or shut down every guest),
+//! patch it, reboot it into the patched hypervisor, and bring every guest
+//! back. Every step is journaled before and after, and every step checks
+//! what is actually there before acting, so `resume` after a crash or power
+//! cut at any point continues correctly, and running it twice is harmless.
+//!
+//! The sequencer speaks only the `Toolstack` and `BootLoader` traits.
+
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use record::{GuestState, Hypervisor, Outcome, Phase, Record, RunState, Step};
+
+use crate::boot::{BootError, BootLoader};
+use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
+use crate::durable::{self, DurableError};
+use crate::guest::{self, OpError, PowerOptions, RestoreOptions, SaveOptions};
+use crate::journal::{Journal, JournalError};
+use crate::lock::{HostLock, LockError};
+use crate::plan::{self, Action, HostFacts, PlannedGuest, Policy};
+use crate::toolstack::{Request, Toolstack, ToolstackError};
+
+/// Why a run step failed. One message each.
+#[derive(Debug, thiserror::Error)]
+pub enum SeqError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error(transparent)]
+    Toolstack(#[from] ToolstackError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("the plan has errors (see `xenmaint plan`): nothing was done")]
+    PlanBlocked,
+    #[error("run {0} is not finished: `xenmaint status` shows it; `resume` or `rollback` ends it")]
+    RunInProgress(String),
+    #[error("no maintenance run to {0}")]
+    NoRun(&'static str),
+    #[error("run {run} is {phase:?}; `{verb}` needs it {want}")]
+    WrongPhase {
+        run: String,
+        phase: Phase,
+        verb: &'static str,
+        want: &'static str,
+    },
+    #[error("{failed} guest(s) could not be drained; {outcome}")]
+    DrainFailed { failed: usize, outcome: String },
+    #[error("{0} guest(s) could not be brought back: `xenmaint status` lists them")]
+    Incomplete(usize),
+    #[error("{what} `{command}` failed: {detail}")]
+    Command {
+        what: &'static str,
+        command: String,
+        detail: String,
+    },
+    #[error("the booted boot entry has no hypervisor image to keep as a fallback: {0}")]
+    NoFallback(String),
+    /// A failpoint fired: the run stops as if the process had died here.
+    #[error("simulated crash at {0}")]
+    Crashed(String),
+}
+
+pub type Result<T> = std::result::Result<T, SeqError>;
+
+/// Decides, for tests, where the run "dies". Called with a description of
+/// each journal write, before and after it.
+pub type Failpoint<'a> = &'a (dyn Fn(&str) -> bool + Sync);
+
+/// Everything a run needs.
+pub struct Sequencer<'a> {
+    pub ts: &'a dyn Toolstack,
+    pub boot: &'a dyn BootLoader,
+    pub facts: &'a dyn HostFacts,
+    pub policy: Policy,
+    /// /var/lib/xenmaint: runs/, the `current` pointer.
+    pub state_dir: PathBuf,
+    pub lock_path: PathBuf,
+    /// What shutdown and reboot requests may take.
+    pub power: PowerOptions,
+    pub failpoint: Failpoint<'a>,
+}
+
+/// The run being worked on: its journal and where it lives.
+struct Run {
+    dir: PathBuf,
+    journal: Mutex<Journal<Record>>,
+    crashed: AtomicBool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub run: String,
+    pub phase: Phase,
+    pub guests: Vec<(String, Uuid, GuestState)>,
+}
+
+impl<'a> Sequencer<'a> {
+    fn runs_dir(&self) -> PathBuf {
+        self.state_dir.join("runs")
+    }
+
+    fn current_file(&self) -> PathBuf {
+        self.state_dir.join("current")
+    }
+
+    /// The id of the run `current` points at, if any.
+    pub fn current_id(&self) -> Result<Option<String>> {
+        match std::fs::read_to_string(self.current_file()) {
+            Ok(id) => Ok(Some(id.trim().to_owned()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DurableError::Io {
+                path: self.current_file(),
+                source,
+            }
+            .into()),
+        }
+    }
+
+    /// The state of the current (or last) run.
+    pub fn state(&self) -> Result<Option<(String, RunState)>> {
+        let Some(id) = self.current_id()? else {
+            return Ok(None);
+        };
+        let path = self.runs_dir().join(&id).join("journal");
+        let (_, records) = Journal::<Record>::read(&path)?;
+        Ok(RunState::replay(&records).map(|s| (id, s)))
+    }
+
+    fn open_run(&self, id: &str) -> Result<(Run, RunState)> {
+        let dir = self.runs_dir().join(id);
+        let (journal, _, records) = Journal::<Record>::open(&dir.join("journal"))?;
+        let state = RunState::replay(&records).ok_or_else(|| {
+            SeqError::Journal(JournalError::Corrupt {
+                path: dir.join("journal"),
+                line: 2,
+                detail: "the run has no start record".into(),
+            })
+        })?;
+        Ok((
+            Run {
+                dir,
+                journal: Mutex::new(journal),
+                crashed: AtomicBool::new(false),
+            },
+            state,
+        ))
+    }
+
+    /// Journals a record, with the failpoints either side of it.
+    fn record(&self, run: &Run, rec: Record) -> Result<()> {
+        let what = describe(&rec);
+        self.crash_point(run, &format!("before {what}"))?;
+        run.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&rec)?;
+        self.crash_point(run, &format!("after {what}"))
+    }
+
+    fn crash_point(&self, run: &Run, at: &str) -> Result<()> {
+        if run.crashed.load(Ordering::SeqCst) || (self.failpoint)(at) {
+            run.crashed.store(true, Ordering::SeqCst);
+            return Err(SeqError::Crashed(at.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn lock(&self, what: &str) -> Result<HostLock> {
+        if let Some(dir) = self.lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| DurableError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        Ok(HostLock::acquire(&self.lock_path, what)?)
+    }
+
+    fn hypervisor(&self) -> Result<Hypervisor> {
+        let v = self.ts.version()?;
+        Ok(Hypervisor {
+            release: v.release(),
+            build_id: v.build_id,
+        })
+    }
+
+    /// Saves or shuts down every planned guest. On a failure the policy
+    /// decides: roll back (restore what was saved; the default) or halt.
+    pub fn drain(&self) -> Result<(String, RunState)> {
+        let _lock = self.lock("drain")?;
+        if let Some((id, s)) = self.state()? {
+            if s.phase != Phase::Finished {
+                return Err(SeqError::RunInProgress(id));
+            }
+        }
+        let plan = plan::plan(self.ts, &self.policy, self.facts)?;
+        if plan.blocked() {
+            return Err(SeqError::PlanBlocked);
+        }
+        let id = new_run_id();
+        let dir = self.runs_dir().join(&id);
+        durable::private_dir(&self.state_dir)?;
+        durable::private_dir(&self.runs_dir())?;
+        durable::private_dir(&dir)?;
+        durable::private_dir(&dir.join("configs"))?;
+        durable::private_dir(&self.policy.image_dir)?;
+        durable::private_dir(&self.policy.image_dir.join(&id))?;
+        // Every guest's config, so that any of them can be cold booted later.
+        for g in plan.guests.iter().filter(|g| g.action != Action::Skip) {
+            let config = self.ts.domain_detail(g.domid)?.config;
+            if let Some(config) = config {
+                let text = serde_json::to_vec_pretty(&config).expect("JSON serialises");
+                durable::replace(&config_path(&dir, g.uuid), &text)?;
+            }
+        }
+        let journal = Journal::create(&dir.join("journal"), &id, unix_now())?;
+        let run = Run {
+            dir,
+            journal: Mutex::new(journal),
+            crashed: AtomicBool::new(false),
+        };
+        // From here a crash leaves a run for `resume` to find.
+        durable::replace(&self.current_file(), id.as_bytes())?;
+        self.record(
+            &run,
+            Record::Started {
+                plan: Box::new(plan.clone()),
+                hypervisor: self.hypervisor()?,
+                boot_default: self.boot.default_entry()?,
+            },
+        )?;
+
+        let results = self.each_guest(&run, &plan.guests, false, |g| {
+            self.drain_guest(&run, &id, g)
+        });
+        let failed = results?;
+        if failed == 0 {
+            self.record(&run, Record::Drained)?;
+        } else if self.policy_rolls_back() {
+            let (_, state) = self.open_run(&id)?;
+            let left = self.bring_back_all(&run, &state)?;
+            let outcome = if left == 0 {
+                Outcome::RolledBack
+            } else {
+                Outcome::Incomplete
+            };
+            self.record(&run, Record::Finished { outcome })?;
+            return Err(SeqError::DrainFailed {
+                failed,
+                outcome: if left == 0 {
+                    "rolled back: every guest runs again, nothing was rebooted".into()
+                } else {
+                    format!("rolled back, but {left} guest(s) could not be brought back")
+                },
+            });
+        } else {
+            self.record(
+                &run,
+                Record::Halted {
+                    reason: format!("{failed} guest(s) could not be drained"),
+                },
+            )?;
+            return Err(SeqError::DrainFailed {
+                failed,
+                outcome: "halted: no reboot will happen; `rollback` brings the saved guests back"
+                    .into(),
+            });
+        }
+        let (_, state) = self.open_run(&id)?;
+        Ok((id, state))
+    }
+
+    fn policy_rolls_back(&self) -> bool {
+        self.policy.on_failure == plan::OnFailure::Rollback
+    }
+
+    /// Runs `f` on every guest, `concurrency` at a time, in plan order (or
+    /// reverse). Returns how many failed; a crash stops everything.
+    fn each_guest(
+        &self,
+        run: &Run,
+        guests: &[PlannedGuest],
+        reverse: bool,
+        f: impl Fn(&PlannedGuest) -> Result<bool> + Sync,
+    ) -> Result<usize> {
+        let mut order: Vec<&PlannedGuest> = guests.iter().collect();
+        if reverse {
+            order.reverse();
+        }
+        let next = AtomicUsize::new(0);
+        let failed = AtomicUsize::new(0);
+        let crash: Mutex<Option<SeqError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..self.policy.concurrency.max(1).min(order.len().max(1)) {
+                s.spawn(|| loop {
+                    if run.crashed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(g) = order.get(i) else { return };
+                    match f(g) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            run.crashed.store(true, Ordering::SeqCst);
+                            let mut c = crash.lock().unwrap_or_else(|p| p.into_inner());
+                            c.get_or_insert(e);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = crash.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        Ok(failed.into_inner())
+    }
+
+    /// Ok(false): this guest failed (recorded); Err: the run cannot go on.
+    fn drain_guest(&self, run: &Run, id: &str, g: &PlannedGuest) -> Result<bool> {
+        let step = match g.action {
+            Action::Save => Step::Save,
+            Action::Shutdown => Step::Shutdown,
+            Action::Skip => return Ok(true),
+        };
+        self.record(run, Record::Begin { uuid: g.uuid, step })?;
+        let outcome = match self.find(g.uuid)?.map(|d| d.domid) {
+            None => Err(format!("{} is no longer running", g.name)),
+            Some(domid) => match step {
+                Step::Save => guest::save(
+                    self.ts,
+                    &DomainRef::Id(domid),
+                    &SaveOptions {
+                        out: Some(self.image_path(id, g.uuid)),
+                        image_dir: self.policy.image_dir.clone(),
+                        live: self.policy.live,
+                        keep_running: false,
+                    },
+                    &|_| {},
+                )
+                .map(|r| Some(r.image))
+                .map_err(|e| e.to_string()),
+                _ => guest::power(
+                    self.ts,
+                    &DomainRef::Id(domid),
+                    Request::Shutdown,
+                    &self.power,
+                )
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
+            },
+        };
+        match outcome {
+            Ok(image) => {
+                self.record(
+                    run,
+                    Record::Done {
+                        uuid: g.uuid,
+                        step,
+                        image,
+                        domid: None,
+                    },
+                )?;
+                Ok(true)
+            }
+            Err(error) => {
+                log::error!("{}: {error}", g.name);
+                self.record(
+                    run,
+                    Record::Failed {
+                        uuid: g.uuid,
+                        step,
+                        error,
+                    },
+                )?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// `<image_dir>/<run>/<uuid>.xl`: named by UUID, never by a guest's
+    /// chosen name, and per run, so runs never collide.
+    fn image_path(&self, run: &str, uuid: Uuid) -> PathBuf {
+        self.policy.image_dir.join(run).join(format!("{uuid}.xl"))
+    }
+
+    /// The domain with this UUID now.
+    fn find(&self, uuid: Uuid) -> Result<Option<DomainInfo>> {
+        Ok(self.ts.list_domains()?.into_iter().find(|d| d.uuid == uuid))
+    }
+
+    /// Keeps the running hypervisor bootable, runs the patch command, and
+    /// sets `entry` to boot once; the default stays the kept hypervisor, so
+    /// a patched one that does not boot falls back to it.
+    pub fn patch(&self, command: &str, entry: &str) -> Result<()> {
+        let _lock = self.lock("patch")?;
+        let (id, state) = self.state()?.ok_or(SeqError::NoRun("patch"))?;
+        if state.phase != Phase::Drained && state.phase != Phase::Patched {
+            return Err(SeqError::WrongPhase {
+                run: id,
+                phase: state.phase,
+                verb: "patch",
+                want: "drained",
+            });
+        }
+        let (run, _) = self.open_run(&id)?;
+        let default = self.boot.default_entry()?;
+        let current = match &default {
+            Some(d) => self.boot.find(d)?,
+            None => return Err(SeqError::NoFallback("no saved_entry".into())),
+        };
+        let hv_file = current
+            .hypervisor
+            .clone()
+            .ok_or_else(|| SeqError::NoFallback(current.id.clone()))?;
+        let release = &state.hypervisor_before.release;
+        let fallback = format!("xenmaint-fallback-xen-{release}");
+        let copy = format!("/boot/xen-{release}-xenmaint-fallback.gz");
+        if !current.id.starts_with("xenmaint-fallback-") {
+            self.boot.keep_entry(
+                &hv_file,
+                &copy,
+                &fallback,
+                &format!("Xen {release} (kept by xenmaint as a fallback)"),
+            )?;
+            self.boot.commit(&fallback)?;
+        }
+        run_command("patch command", command)?;
+        self.boot.find(entry)?;
+        self.boot.boot_once(entry)?;
+        self.record(
+            &run,
+            Record::Patched {
+                entry: entry.to_owned(),
+                fallback: Some(fallback),
+            },
+        )
+    }
+
+    /// Records what should boot, then reboots the host with `command`.
+    pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
+        let lock = self.lock("reboot")?;
+        let (id, state) = self.state()?.ok_or(SeqError::NoRun("reboot"))?;
+        if state.phase != Phase::Patched && state.phase != Phase::Drained {
+            return Err(SeqError::WrongPhase {
+                run: id,
+                phase: state.phase,
+                verb: "reboot",
+                want: "drained (and patched)",
+            });
+        }
+        let (run, _) = self.open_run(&id)?;
+        let patched = state.phase == Phase::Patched;
+        self.record(
+            &run,
+            Record::Rebooting {
+                expect_not_build_id: if patched {
+                    state.hypervisor_before.build_id.clone()
+                } else {
+                    None
+                },
+                expect_release: expect_release.map(str::to_owned),
+            },
+        )?;
+        drop(lock);
+        nix::unistd::sync();
+        run_command("reboot command", command)
+    }
+
+    /// After the reboot (or to finish a crashed run): checks which
+    /// hypervisor booted, commits the boot default if it is the patched one,
+    /// and brings every guest back, most important first.
+    pub fn resume(&self) -> Result<Option<(String, RunState)>> {
+        let _lock = self.lock("resume")?;
+        let Some((id, state)) = self.state()? else {
+            self.recover_unstarted()?;
+            return Ok(None);
+        };
+        if state.phase == Phase::Finished {
+            return Ok(Some((id, state)));
+        }
+        let (run, _) = self.open_run(&id)?;
+        if state.phase == Phase::Rebooting {
+            let now = self.hypervisor()?;
+            let differs = match (&state.expect_not_build_id, &now.build_id) {
+                (Some(before), Some(now)) => before != now,
+                (Some(_), None) => now.release != state.hypervisor_before.release,
+                (None, _) => true,
+            };
+            let release_ok = state
+                .expect_release
+                .as_deref()
+                .is_none_or(|want| now.release == want);
+            let took = differs && release_ok;
+            if took {
+                if let Some(entry) = &state.patched_entry {
+                    self.boot.commit(entry)?;
+                }
+            } else {
+                log::error!(
+                    "THE PATCH DID NOT TAKE: Xen {} ({}) booted, not the patched hypervisor; \
+                     the boot default stays {}; bringing every guest back on it",
+                    now.release,
+                    now.build_id.as_deref().unwrap_or("no build-id"),
+                    self.boot.default_entry()?.unwrap_or_default()
+                );
+            }
+            self.record(
+                &run,
+                Record::Booted {
+                    hypervisor: now,
+                    patch_took: took,
+                },
+            )?;
+        }
+        let (_, state) = self.open_run(&id)?;
+        let left = self.bring_back_all(&run, &state)?;
+        let outcome = if left > 0 {
+            Outcome::Incomplete
+        } else if state.phase >= Phase::Rebooting {
+            Outcome::Resumed
+        } else {
+            Outcome::RolledBack
+        };
+        self.record(&run, Record::Finished { outcome })?;
+        if left > 0 {
+            return Err(SeqError::Incomplete(left));
+        }
+        let (_, state) = self.open_run(&id)?;
+        Ok(Some((id, state)))
+    }
+
+    /// Brings the saved guests back without rebooting (before `reboot`).
+    pub fn rollback(&self) -> Result<Option<(String, RunState)>> {
+        if let Some((id, state)) = self.state()? {
+            if state.phase >= Phase::Rebooting && state.phase != Phase::Halted {
+                return Err(SeqError::WrongPhase {
+                    run: id,
+                    phase: state.phase,
+                    verb: "rollback",
+                    want: "not yet rebooting (after a reboot, `resume`)",
+                });
+            }
+            if state.phase == Phase::Patched {
+                // The patch is installed but not booted: keep booting the old one.
+                if let Some(fallback) = &state.fallback_entry {
+                    self.boot.commit(fallback)?;
+                }
+            }
+        }
+        self.resume()
+    }
+
+    /// A run that died before its start record: nothing was touched, but a
+    /// power cut may have stopped its guests. Boot any whose saved config
+    /// has no running domain.
+    fn recover_unstarted(&self) -> Result<()> {
+        let Some(id) = self.current_id()? else {
+            return Ok(());
+        };
+        let configs = self.runs_dir().join(&id).join("configs");
+        let Ok(dir) = std::fs::read_dir(&configs) else {
+            return Ok(());
+        };
+        let running: Vec<Uuid> = self.ts.list_domains()?.iter().map(|d| d.uuid).collect();
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(uuid) = name
+                .strip_suffix(".json")
+                .and_then(|u| u.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            if running.contains(&uuid) {
+                continue;
+            }
+            let text = std::fs::read(entry.path()).map_err(|source| DurableError::Io {
+                path: entry.path(),
+                source,
+            })?;
+            match serde_json::from_slice(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| self.ts.create(&c).map_err(|e| e.to_string()))
+                .and_then(|domid| self.ts.unpause(domid).map_err(|e| e.to_string()))
+            {
+                Ok(()) => log::warn!("run {id} never started; cold booted {uuid} from its config"),
+                Err(e) => log::error!("run {id}: cannot cold boot {uuid}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings back every guest that is not back; returns how many could not be.
+    fn bring_back_all(&self, run: &Run, state: &RunState) -> Result<usize> {
+        self.each_guest(run, &state.plan.guests, true, |g| {
+            let st = state
+                .guests
+                .get(&g.uuid)
+                .cloned()
+                .unwrap_or(GuestState::Pending);
+            let image = state.images.get(&g.uuid).cloned();
+            self.bring_back(run, g, &st, image)
+        })
+    }
+
+    fn bring_back(
+        &self,
+        run: &Run,
+        g: &PlannedGuest,
+        st: &GuestState,
+        image: Option<PathBuf>,
+    ) -> Result<bool> {
+        if g.action == Action::Skip {
+            return Ok(true);
+        }
+        // What is really there decides, whatever the journal last said.
+        match self.find(g.uuid)? {
+            Some(d) if matches!(d.state, DomainState::Running | DomainState::Blocked) => {
+                if !matches!(st, GuestState::Back { .. }) {
+                    self.record(run, back(g.uuid, Step::Restore, d.domid))?;
+                }
+                return Ok(true);
+            }
+            Some(d) if d.shutdown_reason == Some(ShutdownReason::Suspend) => {
+                // The run died inside a save: the guest is suspended, not
+                // destroyed. Resuming it continues it where it stopped.
+                if self.ts.resume(d.domid).is_ok() {
+                    self.record(run, back(g.uuid, Step::Restore, d.domid))?;
+                    return Ok(true);
+                }
+                self.ts.destroy(d.domid)?;
+            }
+            // Half-built (paused after a restore the run did not finish) or
+            // shut down: start again from the image or the config.
+            Some(d) => self.ts.destroy(d.domid)?,
+            None => {}
+        }
+        let image = image.filter(|p| guest::verify(p).is_ok());
+        if let Some(image) = image {
+            self.record(
+                run,
+                Record::Begin {
+                    uuid: g.uuid,
+                    step: Step::Restore,
+                },
+            )?;
+            match guest::restore(self.ts, &image, &RestoreOptions { paused: false }, &|_| {}) {
+                Ok(r) => {
+                    self.record(run, back(g.uuid, Step::Restore, r.domid))?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    log::error!(
+                        "{}: restore failed ({e}); cold booting it from its config",
+                        g.name
+                    );
+                    self.record(
+                        run,
+                        Record::Failed {
+                            uuid: g.uuid,
+                            step: Step::Restore,
+                            error: e.to_string(),
+                        },
+                    )?;
+                }
+            }
+        }
+        self.record(
+            run,
+            Record::Begin {
+                uuid: g.uuid,
+                step: Step::ColdBoot,
+            },
+        )?;
+        match self.cold_boot(run, g.uuid) {
+            Ok(domid) => {
+                self.record(run, back(g.uuid, Step::ColdBoot, domid))?;
+                Ok(true)
+            }
+            Err(e) => {
+                log::error!("{}: cannot be brought back: {e}", g.name);
+                self.record(
+                    run,
+                    Record::Failed {
+                        uuid: g.uuid,
+                        step: Step::ColdBoot,
+                        error: e.to_string(),
+                    },
+                )?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn cold_boot(&self, run: &Run, uuid: Uuid) -> std::result::Result<DomId, OpError> {
+        let path = config_path(&run.dir, uuid);
+        let text = std::fs::read(&path).map_err(|source| DurableError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let config: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+            OpError::Toolstack(ToolstackError::BadJson {
+                call: "saved config",
+                detail: e.to_string(),
+            })
+        })?;
+        let domid = self.ts.create(&config)?;
+        self.ts.unpause(domid)?;
+        Ok(domid)
+    }
+
+    /// The current run, per guest, for `status`.
+    pub fn summary(&self) -> Result<Option<Summary>> {
+        Ok(self.state()?.map(|(run, s)| Summary {
+            run,
+            phase: s.phase,
+            guests: s
+                .plan
+                .guests
+                .iter()
+                .map(|g| {
+                    (
+                        g.name.clone(),
+                        g.uuid,
+                        s.guests
+                            .get(&g.uuid)
+                            .cloned()
+                            .unwrap_or(GuestState::Pending),
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    /// The run's directory (configs, journal).
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.runs_dir().join(id)
+    }
+}
+
+fn back(uuid: Uuid, step: Step, domid: DomId) -> Record {
+    Record::Done {
+        uuid,
+        step,
+        image: None,
+        domid: Some(domid),
+    }
+}
+
+fn config_path(dir: &Path, uuid: Uuid) -> PathBuf {
+    dir.join("configs").join(format!("{uuid}.json"))
+}
+
+fn describe(r: &Record) -> String {
+    match r {
+        Record::Begin { uuid, step }
+        | Record::Done { uuid, step, .. }
+        | Record::Failed { uuid, step, .. } => format!("{} {step:?} {uuid}", r.kind()),
+        other => other.kind().to_owned(),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Run ids sort by time and never collide within a host.
+fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!(
+        "{}-{:09}-{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+fn run_command(what: &'static str, command: &str) -> Result<()> {
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .map_err(|e| SeqError::Command {
+            what,
+            command: command.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if !status.success() {
+        return Err(SeqError::Command {
+            what,
+            command: command.to_owned(),
+            detail: status.to_string(),
+        });
+    }
+    Ok(())
+}

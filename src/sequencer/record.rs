@@ -1,0 +1,277 @@
+//! What the run's journal holds, and the state a replay of it gives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{DomId, Uuid};
+use crate::plan::{Action, Plan};
+
+/// A hypervisor build, as the run compares them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hypervisor {
+    pub release: String,
+    pub build_id: Option<String>,
+}
+
+/// One step of one guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Save,
+    Shutdown,
+    Restore,
+    ColdBoot,
+}
+
+/// A journal record. Every step is recorded before (`Begin`) and after
+/// (`Done`/`Failed`), so a replay knows what may have been under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Started {
+        plan: Box<Plan>,
+        hypervisor: Hypervisor,
+        boot_default: Option<String>,
+    },
+    Begin {
+        uuid: Uuid,
+        step: Step,
+    },
+    Done {
+        uuid: Uuid,
+        step: Step,
+        image: Option<PathBuf>,
+        domid: Option<DomId>,
+    },
+    Failed {
+        uuid: Uuid,
+        step: Step,
+        error: String,
+    },
+    Drained,
+    Patched {
+        entry: String,
+        fallback: Option<String>,
+    },
+    Rebooting {
+        expect_not_build_id: Option<String>,
+        expect_release: Option<String>,
+    },
+    Booted {
+        hypervisor: Hypervisor,
+        patch_took: bool,
+    },
+    Halted {
+        reason: String,
+    },
+    Finished {
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every guest is back after the reboot.
+    Resumed,
+    /// Every guest is back without a reboot.
+    RolledBack,
+    /// Some guests could not be brought back: see their errors.
+    Incomplete,
+}
+
+/// Where a guest stands, from the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum GuestState {
+    /// Not touched yet.
+    Pending,
+    /// A step began and did not finish (the run died in it).
+    InStep {
+        step: Step,
+    },
+    Saved {
+        image: PathBuf,
+    },
+    ShutDown,
+    /// Back and running (restored or cold booted).
+    Back {
+        domid: DomId,
+        step: Step,
+    },
+    Failed {
+        step: Step,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Draining,
+    Drained,
+    Patched,
+    Rebooting,
+    Booted,
+    Halted,
+    Finished,
+}
+
+/// A run replayed from its records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub plan: Plan,
+    pub hypervisor_before: Hypervisor,
+    pub boot_default_before: Option<String>,
+    pub phase: Phase,
+    pub patched_entry: Option<String>,
+    pub fallback_entry: Option<String>,
+    pub expect_not_build_id: Option<String>,
+    pub expect_release: Option<String>,
+    pub booted: Option<(Hypervisor, bool)>,
+    pub halted: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub guests: BTreeMap<Uuid, GuestState>,
+    /// The image each saved guest was saved to (kept past later steps).
+    pub images: BTreeMap<Uuid, PathBuf>,
+}
+
+impl Record {
+    /// A short name of the record, for logs and failpoints.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Started { .. } => "started",
+            Record::Begin { .. } => "begin",
+            Record::Done { .. } => "done",
+            Record::Failed { .. } => "failed",
+            Record::Drained => "drained",
+            Record::Patched { .. } => "patched",
+            Record::Rebooting { .. } => "rebooting",
+            Record::Booted { .. } => "booted",
+            Record::Halted { .. } => "halted",
+            Record::Finished { .. } => "finished",
+        }
+    }
+}
+
+impl RunState {
+    /// Folds the records; `None` for a journal without its Started record.
+    pub fn replay(records: &[Record]) -> Option<RunState> {
+        let mut it = records.iter();
+        let Some(Record::Started {
+            plan,
+            hypervisor,
+            boot_default,
+        }) = it.next()
+        else {
+            return None;
+        };
+        let mut s = RunState {
+            guests: plan
+                .guests
+                .iter()
+                .map(|g| (g.uuid, GuestState::Pending))
+                .collect(),
+            plan: (**plan).clone(),
+            hypervisor_before: hypervisor.clone(),
+            boot_default_before: boot_default.clone(),
+            phase: Phase::Draining,
+            patched_entry: None,
+            fallback_entry: None,
+            expect_not_build_id: None,
+            expect_release: None,
+            booted: None,
+            halted: None,
+            outcome: None,
+            images: BTreeMap::new(),
+        };
+        for r in it {
+            s.apply(r);
+        }
+        Some(s)
+    }
+
+    fn apply(&mut self, r: &Record) {
+        match r {
+            Record::Started { .. } => {}
+            Record::Begin { uuid, step } => {
+                self.guests
+                    .insert(*uuid, GuestState::InStep { step: *step });
+            }
+            Record::Done {
+                uuid,
+                step,
+                image,
+                domid,
+            } => {
+                if let (Step::Save, Some(image)) = (step, image) {
+                    self.images.insert(*uuid, image.clone());
+                }
+                let state = match (step, image, domid) {
+                    (Step::Save, Some(image), _) => GuestState::Saved {
+                        image: image.clone(),
+                    },
+                    (Step::Shutdown, _, _) => GuestState::ShutDown,
+                    (step, _, Some(domid)) => GuestState::Back {
+                        domid: *domid,
+                        step: *step,
+                    },
+                    (step, _, None) => GuestState::Failed {
+                        step: *step,
+                        error: "recorded done without its result".into(),
+                    },
+                };
+                self.guests.insert(*uuid, state);
+            }
+            Record::Failed { uuid, step, error } => {
+                self.guests.insert(
+                    *uuid,
+                    GuestState::Failed {
+                        step: *step,
+                        error: error.clone(),
+                    },
+                );
+            }
+            Record::Drained => self.phase = Phase::Drained,
+            Record::Patched { entry, fallback } => {
+                self.phase = Phase::Patched;
+                self.patched_entry = Some(entry.clone());
+                self.fallback_entry = fallback.clone();
+            }
+            Record::Rebooting {
+                expect_not_build_id,
+                expect_release,
+            } => {
+                self.phase = Phase::Rebooting;
+                self.expect_not_build_id = expect_not_build_id.clone();
+                self.expect_release = expect_release.clone();
+            }
+            Record::Booted {
+                hypervisor,
+                patch_took,
+            } => {
+                self.phase = Phase::Booted;
+                self.booted = Some((hypervisor.clone(), *patch_took));
+            }
+            Record::Halted { reason } => {
+                self.phase = Phase::Halted;
+                self.halted = Some(reason.clone());
+            }
+            Record::Finished { outcome } => {
+                self.phase = Phase::Finished;
+                self.outcome = Some(*outcome);
+            }
+        }
+    }
+
+    /// The planned action of a guest.
+    pub fn action(&self, uuid: Uuid) -> Action {
+        self.plan
+            .guests
+            .iter()
+            .find(|g| g.uuid == uuid)
+            .map_or(Action::Skip, |g| g.action)
+    }
+}

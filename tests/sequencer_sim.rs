@@ -1,0 +1,485 @@
+//! The maintenance run on the simulated host: the whole cycle, a patch that
+//! does not take, a failed drain, and a crash (process killed, or power cut)
+//! at every journal write, each time checking the safety contract: every
+//! guest comes back exactly once, with its name, UUID and MACs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
+use xenmaint::domain::{DomainState, Uuid};
+use xenmaint::guest::PowerOptions;
+use xenmaint::plan::{Action, GuestPolicy, HostFacts, OnFailure, Policy};
+use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer};
+use xenmaint::sim::{Fault, Sim, SimHost};
+use xenmaint::toolstack::{Call, Toolstack};
+
+struct Roomy;
+impl HostFacts for Roomy {
+    fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(1 << 40)
+    }
+    fn xendomains_conflict(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The example host with its guests' disks as real files under `dir`.
+fn host(dir: &Path) -> SimHost {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
+    )
+    .unwrap();
+    let mut host: Value = serde_json::from_str(&text).unwrap();
+    for d in host["domains"].as_array_mut().unwrap() {
+        let name = d["name"].as_str().unwrap().to_owned();
+        if d["disks"].as_array().is_some_and(|a| !a.is_empty()) {
+            let disk = dir.join(format!("{name}.img"));
+            std::fs::write(&disk, b"disk").unwrap();
+            let p = disk.display().to_string();
+            d["disks"][0]["path"] = p.clone().into();
+            d["config"]["disks"][0]["pdev_path"] = p.into();
+        }
+    }
+    serde_json::from_value(host).unwrap()
+}
+
+/// The same host after a reboot: only dom0 runs, on whichever hypervisor
+/// the boot loader picked.
+fn rebooted(before: &SimHost, boot: &MemoryBoot) -> Sim {
+    let mut h = before.clone();
+    h.domains.retain(|d| d.detail.info.domid == 0);
+    h.faults.clear();
+    if boot.boot().as_deref() == Some("xen-new") {
+        h.hypervisor.extra = ".7".into();
+        h.hypervisor.build_id = Some("77777777".into());
+    }
+    Sim::new(h).unwrap()
+}
+
+fn boot_loader() -> MemoryBoot {
+    let b = MemoryBoot::default();
+    b.state.lock().unwrap().entries = vec![
+        BootEntry {
+            id: "xen".into(),
+            title: "Xen 4.17 (package)".into(),
+            hypervisor: Some("/boot/xen-4.17-amd64.gz".into()),
+        },
+        BootEntry {
+            id: "xen-new".into(),
+            title: "Xen 4.17.7".into(),
+            hypervisor: Some("/boot/xen-4.17.7-amd64.gz".into()),
+        },
+    ];
+    b.commit("xen").unwrap();
+    b
+}
+
+fn policy(dir: &Path, concurrency: usize) -> Policy {
+    Policy {
+        image_dir: dir.join("state/images"),
+        concurrency,
+        ..Policy::default()
+    }
+}
+
+fn power() -> PowerOptions {
+    PowerOptions {
+        wait: true,
+        timeout: Duration::from_millis(300),
+        force: true,
+        poll: Duration::from_millis(5),
+        reap_grace: Duration::ZERO,
+    }
+}
+
+fn never(_: &str) -> bool {
+    false
+}
+
+fn seq<'a>(
+    ts: &'a dyn Toolstack,
+    boot: &'a dyn BootLoader,
+    dir: &Path,
+    policy: Policy,
+    failpoint: &'a (dyn Fn(&str) -> bool + Sync),
+) -> Sequencer<'a> {
+    Sequencer {
+        ts,
+        boot,
+        facts: &Roomy,
+        policy,
+        state_dir: dir.join("state"),
+        lock_path: dir.join("run/xenmaint.lock"),
+        power: power(),
+        failpoint,
+    }
+}
+
+/// name -> (uuid, MACs) of the guests (dom0 excluded).
+fn guests(ts: &dyn Toolstack) -> BTreeMap<String, (Uuid, Vec<String>)> {
+    ts.list_domains()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.domid != 0)
+        .map(|d| {
+            let macs = ts
+                .domain_detail(d.domid)
+                .unwrap()
+                .nics
+                .iter()
+                .map(|n| n.mac.to_string())
+                .collect();
+            (d.name, (d.uuid, macs))
+        })
+        .collect()
+}
+
+/// The contract after a run ends: every guest runs, once, as it was.
+fn assert_all_back(ts: &dyn Toolstack, want: &BTreeMap<String, (Uuid, Vec<String>)>, ctx: &str) {
+    let list = ts.list_domains().unwrap();
+    for (name, (uuid, _)) in want {
+        let copies: Vec<_> = list.iter().filter(|d| d.uuid == *uuid).collect();
+        assert_eq!(copies.len(), 1, "{ctx}: {name} runs {} times", copies.len());
+        assert!(
+            matches!(copies[0].state, DomainState::Running | DomainState::Blocked),
+            "{ctx}: {name} is {}",
+            copies[0].state
+        );
+    }
+    assert_eq!(&guests(ts), want, "{ctx}");
+}
+
+#[test]
+fn the_whole_cycle_brings_every_guest_back_on_the_patched_hypervisor() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
+
+    let (_, drained) = s.drain().unwrap();
+    assert_eq!(drained.phase, Phase::Drained);
+    assert!(guests(&ts).is_empty(), "every guest saved and destroyed");
+    assert!(drained
+        .guests
+        .values()
+        .all(|g| matches!(g, GuestState::Saved { .. })));
+
+    s.patch("true", "xen-new").unwrap();
+    assert_eq!(boot.next_entry().unwrap().as_deref(), Some("xen-new"));
+    let fallback = boot.default_entry().unwrap().unwrap();
+    assert!(fallback.starts_with("xenmaint-fallback-"), "{fallback}");
+    s.reboot("true", Some("4.17.7")).unwrap();
+
+    let after = rebooted(&h, &boot);
+    let s2 = seq(&after, &boot, t.path(), policy(t.path(), 2), &never);
+    let (_, done) = s2.resume().unwrap().unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert!(done.booted.as_ref().unwrap().1, "patch took");
+    assert_eq!(
+        boot.default_entry().unwrap().as_deref(),
+        Some("xen-new"),
+        "committed"
+    );
+    assert_all_back(&after, &want, "after resume");
+    // Restored from images, not cold booted.
+    assert!(done.guests.values().all(|g| matches!(
+        g,
+        GuestState::Back {
+            step: xenmaint::sequencer::Step::Restore,
+            ..
+        }
+    )));
+    // A second resume changes nothing.
+    s2.resume().unwrap();
+    assert_all_back(&after, &want, "after a second resume");
+}
+
+#[test]
+fn a_patch_that_does_not_boot_keeps_the_old_default_and_still_brings_guests_back() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    s.drain().unwrap();
+    s.patch("true", "xen-new").unwrap();
+    s.reboot("true", None).unwrap();
+    // The new hypervisor panicked; GRUB's next boot took the default.
+    boot.boot();
+    let after = rebooted(&h, &boot);
+    let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
+    let (_, done) = s2.resume().unwrap().unwrap();
+    assert!(!done.booted.as_ref().unwrap().1, "patch did not take");
+    assert!(boot
+        .default_entry()
+        .unwrap()
+        .unwrap()
+        .starts_with("xenmaint-fallback-"));
+    assert_all_back(&after, &want, "after resume on the old hypervisor");
+}
+
+#[test]
+fn a_failed_save_rolls_back_and_nothing_reboots() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let want = guests(&ts);
+    let db = ts
+        .list_domains()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "db-1")
+        .unwrap();
+    ts.inject(Fault {
+        call: Call::Save,
+        domid: Some(db.domid),
+        message: "disk error".into(),
+    });
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    let e = s.drain().unwrap_err();
+    assert!(matches!(e, SeqError::DrainFailed { failed: 1, .. }), "{e}");
+    assert!(e.to_string().contains("rolled back"), "{e}");
+    ts.clear_faults();
+    assert_all_back(&ts, &want, "after rollback");
+    let (_, st) = s.state().unwrap().unwrap();
+    assert_eq!(st.outcome, Some(Outcome::RolledBack));
+    assert!(matches!(
+        s.reboot("true", None),
+        Err(SeqError::NoRun(_) | SeqError::WrongPhase { .. })
+    ));
+    // The host is free for a new run.
+    s.drain().unwrap();
+}
+
+#[test]
+fn halt_policy_stops_and_rollback_finishes_it() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let want = guests(&ts);
+    ts.inject(Fault {
+        call: Call::Save,
+        domid: Some(ts.resolve(&"cache-1".parse().unwrap()).unwrap().domid),
+        message: "disk error".into(),
+    });
+    let boot = boot_loader();
+    let mut p = policy(t.path(), 1);
+    p.on_failure = OnFailure::Halt;
+    let s = seq(&ts, &boot, t.path(), p, &never);
+    assert!(s.drain().unwrap_err().to_string().contains("halted"));
+    assert!(
+        matches!(s.drain(), Err(SeqError::RunInProgress(_))),
+        "one run at a time"
+    );
+    assert!(matches!(
+        s.patch("true", "xen-new"),
+        Err(SeqError::WrongPhase { .. })
+    ));
+    ts.clear_faults();
+    s.rollback().unwrap();
+    assert_all_back(&ts, &want, "after rollback of a halted run");
+}
+
+#[test]
+fn shutdown_guests_are_cold_booted_after_the_reboot() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let mut p = policy(t.path(), 2);
+    p.guests.insert(
+        "web-1".into(),
+        GuestPolicy {
+            action: Some(Action::Shutdown),
+            priority: 5,
+        },
+    );
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    let (_, st) = s.drain().unwrap();
+    assert!(st.guests.values().any(|g| *g == GuestState::ShutDown));
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    let (_, done) = seq(&after, &boot, t.path(), p, &never)
+        .resume()
+        .unwrap()
+        .unwrap();
+    assert_all_back(&after, &want, "after resume");
+    assert!(done.guests.values().any(|g| matches!(
+        g,
+        GuestState::Back {
+            step: xenmaint::sequencer::Step::ColdBoot,
+            ..
+        }
+    )));
+}
+
+/// Counts journal writes and crashes at the n-th.
+struct CrashAt {
+    n: usize,
+    seen: AtomicUsize,
+}
+
+impl CrashAt {
+    fn new(n: usize) -> CrashAt {
+        CrashAt {
+            n,
+            seen: AtomicUsize::new(0),
+        }
+    }
+    fn hit(&self, _: &str) -> bool {
+        self.seen.fetch_add(1, Ordering::SeqCst) == self.n
+    }
+}
+
+/// How many failpoints a clean drain passes.
+fn failpoints_in_drain(dir: &Path) -> usize {
+    let ts = Sim::new(host(dir)).unwrap();
+    let boot = boot_loader();
+    let count = CrashAt::new(usize::MAX);
+    let f = |w: &str| count.hit(w);
+    seq(&ts, &boot, dir, policy(dir, 1), &f).drain().unwrap();
+    count.seen.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_crash_at_any_journal_write_of_a_drain_loses_no_guest() {
+    let n = failpoints_in_drain(tempfile::tempdir().unwrap().path());
+    assert!(
+        n >= 14,
+        "expected a failpoint either side of every record, saw {n}"
+    );
+    for k in 0..n {
+        for power_cut in [false, true] {
+            let t = tempfile::tempdir().unwrap();
+            let h = host(t.path());
+            let ts = Sim::new(h.clone()).unwrap();
+            let want = guests(&ts);
+            let boot = boot_loader();
+            let crash = CrashAt::new(k);
+            let f = |w: &str| crash.hit(w);
+            let e = seq(&ts, &boot, t.path(), policy(t.path(), 1), &f).drain();
+            assert!(matches!(e, Err(SeqError::Crashed(_))), "k={k}: {e:?}");
+            let ctx = format!(
+                "crash at failpoint {k} ({}), power cut: {power_cut}",
+                if power_cut {
+                    "host rebooted"
+                } else {
+                    "process killed"
+                }
+            );
+            let host_now = if power_cut { rebooted(&h, &boot) } else { ts };
+            let s = seq(&host_now, &boot, t.path(), policy(t.path(), 1), &never);
+            // After a power cut the unit runs resume; after a kill, the admin
+            // rolls back. Either way every guest comes back.
+            let r = if power_cut { s.resume() } else { s.rollback() };
+            if let Err(e) = r {
+                panic!("{ctx}: {e}");
+            }
+            assert_all_back(&host_now, &want, &ctx);
+        }
+    }
+}
+
+#[test]
+fn a_crash_during_resume_is_resumed_again() {
+    let t0 = tempfile::tempdir().unwrap();
+    // Count the failpoints of a clean resume.
+    let count_resume = {
+        let h = host(t0.path());
+        let ts = Sim::new(h.clone()).unwrap();
+        let boot = boot_loader();
+        let s = seq(&ts, &boot, t0.path(), policy(t0.path(), 1), &never);
+        s.drain().unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot);
+        let count = CrashAt::new(usize::MAX);
+        let f = |w: &str| count.hit(w);
+        seq(&after, &boot, t0.path(), policy(t0.path(), 1), &f)
+            .resume()
+            .unwrap();
+        count.seen.load(Ordering::SeqCst)
+    };
+    assert!(count_resume >= 8, "{count_resume}");
+    for k in 0..count_resume {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let ts = Sim::new(h.clone()).unwrap();
+        let want = guests(&ts);
+        let boot = boot_loader();
+        let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+        s.drain().unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot);
+        let crash = CrashAt::new(k);
+        let f = |w: &str| crash.hit(w);
+        let e = seq(&after, &boot, t.path(), policy(t.path(), 1), &f).resume();
+        assert!(matches!(e, Err(SeqError::Crashed(_))), "k={k}: {e:?}");
+        seq(&after, &boot, t.path(), policy(t.path(), 1), &never)
+            .resume()
+            .unwrap_or_else(|e| panic!("resume after a crash at {k}: {e}"));
+        assert_all_back(&after, &want, &format!("crash in resume at {k}"));
+    }
+}
+
+#[test]
+fn a_guest_left_suspended_by_a_crash_mid_save_is_resumed_in_place() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    // Crash right after the first save began: then suspend that guest by
+    // hand, as a save interrupted half way would leave it.
+    let crash = |w: &str| w.starts_with("after begin Save");
+    let e = seq(&ts, &boot, t.path(), policy(t.path(), 1), &crash).drain();
+    assert!(matches!(e, Err(SeqError::Crashed(_))));
+    let (_, st) = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never)
+        .state()
+        .unwrap()
+        .unwrap();
+    let (uuid, _) = st
+        .guests
+        .iter()
+        .find(|(_, g)| matches!(g, GuestState::InStep { .. }))
+        .unwrap();
+    let domid = ts
+        .list_domains()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.uuid == *uuid)
+        .unwrap()
+        .domid;
+    ts.save(domid, false, &mut std::io::sink()).unwrap();
+    seq(&ts, &boot, t.path(), policy(t.path(), 1), &never)
+        .rollback()
+        .unwrap();
+    assert_all_back(&ts, &want, "after rollback");
+    let again = ts
+        .list_domains()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.uuid == *uuid)
+        .unwrap();
+    assert_eq!(again.domid, domid, "resumed in place, not re-created");
+}
+
+#[test]
+fn the_run_lock_refuses_a_second_run() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    std::fs::create_dir_all(t.path().join("run")).unwrap();
+    let _held =
+        xenmaint::lock::HostLock::acquire(&t.path().join("run/xenmaint.lock"), "another drain")
+            .unwrap();
+    let e = s.drain().unwrap_err();
+    assert!(e.to_string().contains("another drain"), "{e}");
+    let _unused: PathBuf = t.path().to_owned();
+}
