@@ -17,3 +17,5 @@ pub const BAD_INPUT: i32 = 5;
 pub const TIMEOUT: i32 = 6;
 /// `plan` found errors: a maintenance run would be refused.
 pub const PLAN_BLOCKED: i32 = 7;
+/// Another xenmaint run holds the host's lock.
+pub const LOCKED: i32 = 8;

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::boot::{BootEntry, MemoryBoot};
 use crate::domain::{
     Disk, DomId, DomainDetail, DomainInfo, DomainRef, DomainState, DomainType, HypervisorVersion,
     Mac, Nic, PhysInfo, ShutdownReason, Uuid,
@@ -56,6 +57,26 @@ pub struct SimHost {
     pub domains: Vec<SimDomain>,
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The simulated boot loader's entries; the first is the default.
+    #[serde(default = "default_boot_entries")]
+    pub boot_entries: Vec<BootEntry>,
+}
+
+/// A Debian Xen host's entries: the package's hypervisor, and the patched
+/// one a run boots once.
+fn default_boot_entries() -> Vec<BootEntry> {
+    vec![
+        BootEntry {
+            id: "xen".into(),
+            title: "Debian GNU/Linux, with Xen hypervisor".into(),
+            hypervisor: Some("/boot/xen-4.17-amd64.gz".into()),
+        },
+        BootEntry {
+            id: "xen-4.17.7".into(),
+            title: "Debian GNU/Linux, with Xen 4.17.7".into(),
+            hypervisor: Some("/boot/xen-4.17.7-amd64.gz".into()),
+        },
+    ]
 }
 
 /// Why a simulated host could not be loaded.
@@ -138,6 +159,18 @@ impl Sim {
     /// Removes every injected fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// A boot loader holding this host's entries, the first one the default.
+    pub fn boot_loader(&self) -> MemoryBoot {
+        let boot = MemoryBoot::default();
+        let entries = self.lock().boot_entries.clone();
+        {
+            let mut s = boot.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.saved_entry = entries.first().map(|e| e.id.clone());
+            s.entries = entries;
+        }
+        boot
     }
 
     /// The host as it is now, in its JSON shape.
@@ -476,6 +509,7 @@ mod tests {
             },
             domains,
             faults: vec![],
+            boot_entries: default_boot_entries(),
         }
     }
 

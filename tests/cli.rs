@@ -373,3 +373,52 @@ fn plan_with_errors_exits_7_and_bad_config_exits_5() {
     assert_eq!(r.code, 5);
     assert!(r.stderr.contains("xenmaint.toml"), "{}", r.stderr);
 }
+
+#[test]
+fn drain_status_resume_on_the_simulator_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let lock = dir.path().join("lock");
+    let base = |verb: &[&str]| {
+        let ex = example();
+        let mut a = vec![
+            "--sim",
+            ex.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--lock",
+            lock.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        a.extend(verb.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+    let images = dir.path().join("images");
+    let r = base(&["drain", "--json", "--image-dir", images.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let drained = &json_lines(&r.stdout)[0];
+    assert_eq!(drained["event"], "drained");
+    assert_eq!(drained["state"]["phase"], "drained");
+
+    // A second drain while this run is open is refused.
+    assert_eq!(
+        base(&["drain", "--image-dir", images.to_str().unwrap()]).code,
+        1
+    );
+    // So is any run while another process holds the lock.
+    let held = xenmaint::lock::HostLock::acquire(&lock, "test holder").unwrap();
+    let r = base(&["resume"]);
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("test holder"), "{}", r.stderr);
+    drop(held);
+
+    let r = base(&["resume", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json_lines(&r.stdout)[0]["state"]["outcome"], "rolled_back");
+    let r = base(&["status", "--wait", "--timeout", "5", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json_lines(&r.stdout)[0]["state"]["phase"], "finished");
+}

@@ -5,6 +5,7 @@ mod guest;
 mod inventory;
 mod output;
 mod plan;
+mod run;
 
 use std::io;
 use std::path::PathBuf;
@@ -41,6 +42,19 @@ pub struct Args {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
+    /// Where maintenance runs keep their journals and saved configs.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/xenmaint"
+    )]
+    pub state_dir: PathBuf,
+
+    /// The lock that allows one run per host.
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::lock::DEFAULT_LOCK, hide = true)]
+    pub lock: PathBuf,
+
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -54,7 +68,8 @@ Exit codes:
   4  no such domain
   5  an input file (image, manifest, simulated host) is missing or invalid
   6  a guest did not do as asked in time
-  7  the plan has errors: a maintenance run would be refused";
+  7  the plan has errors: a maintenance run would be refused
+  8  another xenmaint run holds this host's lock";
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -70,15 +85,8 @@ pub enum Verb {
     /// What a maintenance run would do, changing nothing: per guest its action
     /// and order, image space and time needed, and what blocks the run.
     Plan {
-        /// Policy file (default /etc/xenmaint/xenmaint.toml, if present).
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Directory for the images (overrides the config).
-        #[arg(long, value_name = "DIR")]
-        image_dir: Option<PathBuf>,
-        /// Guests saved or restored at once (overrides the config).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-        concurrency: Option<u16>,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Save a guest to an xl-format image; it is destroyed only once the image
     /// is on disk and read back intact.
@@ -113,11 +121,63 @@ pub enum Verb {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Ask a guest to reboot.
+    /// Ask a guest to reboot; or, with --host, reboot the host into the
+    /// patched hypervisor (after `drain` and `patch`).
     Reboot {
-        domain: DomainRef,
+        #[arg(required_unless_present = "host")]
+        domain: Option<DomainRef>,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Reboot the host (records the hypervisor expected to boot first).
+        #[arg(long, conflicts_with = "domain")]
+        host: bool,
+        #[command(flatten)]
+        host_args: HostRebootArgs,
+    },
+    /// Save or shut down every guest, as planned, journaling each step.
+    Drain {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Keep the running hypervisor as a fallback boot entry, run the patch
+    /// command, and boot ENTRY once at the next boot.
+    Patch {
+        /// The command that installs the new hypervisor (run by /bin/sh).
+        #[arg(long = "command", value_name = "CMD")]
+        command: String,
+        /// The boot entry (GRUB id or title) of the patched hypervisor.
+        #[arg(long, value_name = "ENTRY")]
+        entry: String,
+    },
+    /// After the reboot (run at boot by xenmaint-resume.service): check the
+    /// hypervisor, commit or keep the boot default, bring every guest back.
+    Resume,
+    /// Bring the saved guests back without rebooting.
+    Rollback,
+    /// The current or last maintenance run, per guest.
+    Status {
+        /// Wait until the run has finished (for scripts).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 3600, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// plan, drain, patch and reboot in one command.
+    Run {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The command that installs the new hypervisor.
+        #[arg(long, value_name = "CMD")]
+        patch_cmd: String,
+        /// The boot entry of the patched hypervisor.
+        #[arg(long, value_name = "ENTRY")]
+        boot_entry: String,
+        #[command(flatten)]
+        host_args: HostRebootArgs,
+        /// Stop before the reboot (then `xenmaint reboot --host`).
+        #[arg(long)]
+        no_reboot: bool,
     },
     /// Destroy a guest at once (its memory state is lost).
     Destroy {
@@ -146,6 +206,42 @@ pub struct WaitArgs {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy file (default /etc/xenmaint/xenmaint.toml, if present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the images (overrides the config).
+    #[arg(long, value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// Guests saved or restored at once (overrides the config).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Result<crate::plan::Policy, CliError> {
+        let mut policy = crate::config::load_policy(self.config.as_deref())?;
+        if let Some(dir) = &self.image_dir {
+            policy.image_dir = dir.clone();
+        }
+        if let Some(n) = self.concurrency {
+            policy.concurrency = usize::from(n);
+        }
+        Ok(policy)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostRebootArgs {
+    /// The Xen release expected after the reboot (e.g. 4.17.7).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<String>,
+    /// How to reboot the host.
+    #[arg(long, value_name = "CMD", default_value = "systemctl reboot")]
+    pub reboot_command: String,
+}
+
 /// Everything that can end a command unsuccessfully.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -161,6 +257,10 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error("the plan has {0} error(s): a maintenance run would be refused")]
     PlanBlocked(usize),
+    #[error(transparent)]
+    Run(#[from] crate::sequencer::SeqError),
+    #[error("the run did not finish within {0} s")]
+    StatusTimeout(u64),
     #[error("cannot write output: {0}")]
     Output(io::Error),
 }
@@ -176,7 +276,12 @@ impl CliError {
         let ts = match self {
             CliError::Toolstack(e) | CliError::Op(OpError::Toolstack(e)) => e,
             CliError::Sim(_) | CliError::Config(_) => return exit::BAD_INPUT,
-            CliError::PlanBlocked(_) => return exit::PLAN_BLOCKED,
+            CliError::PlanBlocked(_) | CliError::Run(crate::sequencer::SeqError::PlanBlocked) => {
+                return exit::PLAN_BLOCKED
+            }
+            CliError::Run(crate::sequencer::SeqError::Lock(_)) => return exit::LOCKED,
+            CliError::Run(crate::sequencer::SeqError::Toolstack(e)) => e,
+            CliError::StatusTimeout(_) => return exit::TIMEOUT,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
             CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
             CliError::Op(OpError::SaveFailed { cause, .. })
@@ -184,9 +289,10 @@ impl CliError {
             {
                 return exit::NO_SUCH_DOMAIN
             }
-            CliError::Op(_) | CliError::NotConfirmed(_) | CliError::Output(_) => {
-                return exit::FAILURE
-            }
+            CliError::Op(_)
+            | CliError::NotConfirmed(_)
+            | CliError::Output(_)
+            | CliError::Run(_) => return exit::FAILURE,
         };
         match ts {
             ToolstackError::NotDom0(_) | ToolstackError::PermissionDenied { .. } => exit::NOT_DOM0,
@@ -246,9 +352,15 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         let out = Output::new(args.json, None, out);
         return guest::verify(image, &out);
     }
-    let ts: Box<dyn Toolstack> = match &args.sim {
-        Some(path) => Box::new(Sim::load(path)?),
-        None => Box::new(Libxl::new()?),
+    let sim = args.sim.as_deref().map(Sim::load).transpose()?;
+    let libxl = match &sim {
+        Some(_) => None,
+        None => Some(Libxl::new()?),
+    };
+    let ts: &dyn Toolstack = match (&sim, &libxl) {
+        (Some(sim), _) => sim,
+        (None, Some(libxl)) => libxl,
+        (None, None) => unreachable!("one of them is set"),
     };
     let simulated = ts.simulated().then(|| {
         args.sim
@@ -257,25 +369,12 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
     });
     let out = Output::new(args.json, simulated, out);
     out.banner()?;
-    let ts = ts.as_ref();
+    let sim = sim.as_ref();
     match &args.verb {
         Verb::List => inventory::list(ts, &out)?,
         Verb::Info { domain } => inventory::info(ts, domain, &out)?,
         Verb::Version => inventory::version(ts, &out)?,
-        Verb::Plan {
-            config,
-            image_dir,
-            concurrency,
-        } => {
-            let mut policy = crate::config::load_policy(config.as_deref())?;
-            if let Some(dir) = image_dir {
-                policy.image_dir = dir.clone();
-            }
-            if let Some(n) = concurrency {
-                policy.concurrency = usize::from(*n);
-            }
-            plan::plan(ts, &policy, &out)?
-        }
+        Verb::Plan { policy } => plan::plan(ts, &policy.policy()?, &out)?,
         Verb::Save {
             domain,
             out: file,
@@ -302,8 +401,41 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         Verb::Shutdown { domain, wait } => {
             guest::power(ts, domain, crate::toolstack::Request::Shutdown, wait, &out)?
         }
-        Verb::Reboot { domain, wait } => {
-            guest::power(ts, domain, crate::toolstack::Request::Reboot, wait, &out)?
+        Verb::Reboot {
+            domain,
+            wait,
+            host,
+            host_args,
+        } => match (domain, host) {
+            (_, true) => run::reboot_host(&run::context(args, ts, sim, None)?, host_args, &out)?,
+            (Some(domain), false) => {
+                guest::power(ts, domain, crate::toolstack::Request::Reboot, wait, &out)?
+            }
+            (None, false) => unreachable!("clap requires a domain without --host"),
+        },
+        Verb::Drain { policy } => run::drain(&run::context(args, ts, sim, Some(policy))?, &out)?,
+        Verb::Patch { command, entry } => {
+            run::patch(&run::context(args, ts, sim, None)?, command, entry, &out)?
+        }
+        Verb::Resume => run::resume(&run::context(args, ts, sim, None)?, false, &out)?,
+        Verb::Rollback => run::resume(&run::context(args, ts, sim, None)?, true, &out)?,
+        Verb::Status { wait, timeout } => {
+            run::status(&run::context(args, ts, sim, None)?, *wait, *timeout, &out)?
+        }
+        Verb::Run {
+            policy,
+            patch_cmd,
+            boot_entry,
+            host_args,
+            no_reboot,
+        } => {
+            let ctx = run::context(args, ts, sim, Some(policy))?;
+            plan::plan(ts, &ctx.policy, &out)?;
+            run::drain(&ctx, &out)?;
+            run::patch(&ctx, patch_cmd, boot_entry, &out)?;
+            if !no_reboot {
+                run::reboot_host(&ctx, host_args, &out)?;
+            }
         }
         Verb::Destroy { domain, yes } => guest::destroy(ts, domain, *yes, &out)?,
         Verb::Pause { domain } => guest::pause(ts, domain, true, &out)?,

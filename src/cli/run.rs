@@ -1,0 +1,197 @@
+//! The maintenance-run verbs: drain, patch, reboot --host, resume, rollback,
+//! status.
+
+use std::time::{Duration, Instant};
+
+use super::output::Output;
+use super::{Args, CliError, HostRebootArgs, PolicyArgs};
+use crate::boot::{BootLoader, Grub};
+use crate::domain::printable;
+use crate::guest::PowerOptions;
+use crate::plan::{Policy, RealHost};
+use crate::sequencer::{GuestState, Phase, RunState, Sequencer};
+use crate::toolstack::Toolstack;
+
+/// What every run verb needs, from the command line.
+pub struct Context<'a> {
+    pub ts: &'a dyn Toolstack,
+    pub policy: Policy,
+    pub args: &'a Args,
+    boot: Box<dyn BootLoader + 'a>,
+}
+
+pub fn context<'a>(
+    args: &'a Args,
+    ts: &'a dyn Toolstack,
+    sim: Option<&crate::sim::Sim>,
+    policy: Option<&PolicyArgs>,
+) -> Result<Context<'a>, CliError> {
+    let policy = match policy {
+        Some(p) => p.policy()?,
+        None => crate::config::load_policy(None)?,
+    };
+    // A simulated host has a simulated boot loader: never this machine's GRUB.
+    let boot: Box<dyn BootLoader> = match sim {
+        Some(sim) => Box::new(sim.boot_loader()),
+        None => Box::new(Grub::default()),
+    };
+    Ok(Context {
+        ts,
+        policy,
+        args,
+        boot,
+    })
+}
+
+fn no_failpoint(_: &str) -> bool {
+    false
+}
+
+fn sequencer<'a>(ctx: &'a Context<'a>) -> Sequencer<'a> {
+    Sequencer {
+        ts: ctx.ts,
+        boot: ctx.boot.as_ref(),
+        facts: &RealHost,
+        policy: ctx.policy.clone(),
+        state_dir: ctx.args.state_dir.clone(),
+        lock_path: ctx.args.lock.clone(),
+        power: PowerOptions {
+            wait: true,
+            timeout: Duration::from_secs(ctx.policy.shutdown_s.max(1.0) as u64 * 4),
+            force: true,
+            poll: Duration::from_millis(250),
+            reap_grace: Duration::from_secs(5),
+        },
+        failpoint: &no_failpoint,
+    }
+}
+
+fn report(out: &Output, event: &str, id: &str, state: &RunState) -> Result<(), CliError> {
+    if out.json {
+        out.event(event, &serde_json::json!({"run": id, "state": state}))?;
+        return Ok(());
+    }
+    out.line(&format!("run {id}: {:?}", state.phase).to_lowercase())?;
+    let rows: Vec<Vec<String>> = state
+        .plan
+        .guests
+        .iter()
+        .map(|g| {
+            let st = state
+                .guests
+                .get(&g.uuid)
+                .cloned()
+                .unwrap_or(GuestState::Pending);
+            vec![g.name.clone(), g.uuid.to_string(), describe(&st)]
+        })
+        .collect();
+    out.table(&["NAME", "UUID", "STATE"], &rows)?;
+    if let Some((hv, took)) = &state.booted {
+        out.line(&if *took {
+            format!("hypervisor: Xen {} booted as planned; boot default committed", hv.release)
+        } else {
+            format!(
+                "hypervisor: THE PATCH DID NOT TAKE: Xen {} booted (was {}); the old boot default is kept",
+                hv.release, state.hypervisor_before.release
+            )
+        })?;
+    }
+    if let Some(reason) = &state.halted {
+        out.line(&format!("halted: {}", printable(reason)))?;
+    }
+    Ok(())
+}
+
+fn describe(st: &GuestState) -> String {
+    match st {
+        GuestState::Pending => "pending".into(),
+        GuestState::InStep { step } => format!("in {step:?}").to_lowercase(),
+        GuestState::Saved { image } => format!("saved to {}", image.display()),
+        GuestState::ShutDown => "shut down".into(),
+        GuestState::Back { domid, step } => {
+            format!(
+                "back as domain {domid} ({})",
+                format!("{step:?}").to_lowercase()
+            )
+        }
+        GuestState::Failed { step, error } => {
+            format!(
+                "FAILED in {}: {}",
+                format!("{step:?}").to_lowercase(),
+                printable(error)
+            )
+        }
+    }
+}
+
+pub fn drain(ctx: &Context<'_>, out: &Output) -> Result<(), CliError> {
+    let (id, state) = sequencer(ctx).drain()?;
+    report(out, "drained", &id, &state)
+}
+
+pub fn patch(ctx: &Context<'_>, command: &str, entry: &str, out: &Output) -> Result<(), CliError> {
+    let s = sequencer(ctx);
+    s.patch(command, entry)?;
+    let (id, state) = s.state()?.expect("patch needs a run");
+    report(out, "patched", &id, &state)
+}
+
+pub fn reboot_host(ctx: &Context<'_>, a: &HostRebootArgs, out: &Output) -> Result<(), CliError> {
+    if out.json {
+        out.event("rebooting", &serde_json::json!({}))?;
+    } else {
+        out.line("rebooting the host; xenmaint-resume.service brings the guests back")?;
+    }
+    out.flush()?;
+    sequencer(ctx).reboot(&a.reboot_command, a.expect_version.as_deref())?;
+    Ok(())
+}
+
+pub fn resume(ctx: &Context<'_>, rollback: bool, out: &Output) -> Result<(), CliError> {
+    let s = sequencer(ctx);
+    let done = if rollback { s.rollback()? } else { s.resume()? };
+    match done {
+        Some((id, state)) => report(
+            out,
+            if rollback { "rolled_back" } else { "resumed" },
+            &id,
+            &state,
+        ),
+        None => {
+            if out.json {
+                out.event("idle", &serde_json::json!({"run": null}))?;
+            } else {
+                out.line("no maintenance run to resume")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn status(ctx: &Context<'_>, wait: bool, timeout: u64, out: &Output) -> Result<(), CliError> {
+    let s = sequencer(ctx);
+    let started = Instant::now();
+    loop {
+        let state = s.state()?;
+        let finished = state
+            .as_ref()
+            .is_none_or(|(_, st)| st.phase == Phase::Finished);
+        if !wait || finished {
+            return match state {
+                Some((id, st)) => report(out, "status", &id, &st),
+                None => {
+                    if out.json {
+                        out.event("status", &serde_json::json!({"run": null}))?;
+                    } else {
+                        out.line("no maintenance run on this host")?;
+                    }
+                    Ok(())
+                }
+            };
+        }
+        if started.elapsed() >= Duration::from_secs(timeout) {
+            return Err(CliError::StatusTimeout(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
