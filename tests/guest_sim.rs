@@ -6,33 +6,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
 use xenmaint::domain::{DomainRef, DomainState};
 use xenmaint::guest::{self, OpError, PowerOptions, Recovery, RestoreOptions, SaveOptions};
 use xenmaint::image::{manifest_path, ImageError};
-use xenmaint::sim::{Fault, Sim, SimHost};
+use xenmaint::sim::{Fault, Sim};
 use xenmaint::toolstack::{Call, Request, Toolstack};
 
-/// The example host, with each guest's disk a real file under `dir` and
-/// web-1's guest deaf to shutdown requests when `deaf` is set.
+mod common;
+
+/// The example host, its guests' disks real files under `dir`.
 fn sim(dir: &Path) -> Sim {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
-    )
-    .unwrap();
-    let mut host: Value = serde_json::from_str(&text).unwrap();
-    for d in host["domains"].as_array_mut().unwrap() {
-        let name = d["name"].as_str().unwrap().to_owned();
-        let disk = dir.join(format!("{name}.img"));
-        if d["disks"].as_array().is_some_and(|a| !a.is_empty()) {
-            std::fs::write(&disk, b"disk").unwrap();
-            let p = disk.display().to_string();
-            d["disks"][0]["path"] = p.clone().into();
-            d["config"]["disks"][0]["pdev_path"] = p.into();
-        }
-    }
-    let host: SimHost = serde_json::from_value(host).unwrap();
-    Sim::new(host).unwrap()
+    Sim::new(common::example_host(dir)).unwrap()
 }
 
 fn name(n: &str) -> DomainRef {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::domain::{DomainState, Uuid};
 use xenmaint::guest::PowerOptions;
@@ -27,24 +26,10 @@ impl HostFacts for Roomy {
     }
 }
 
-/// The example host with its guests' disks as real files under `dir`.
+mod common;
+
 fn host(dir: &Path) -> SimHost {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
-    )
-    .unwrap();
-    let mut host: Value = serde_json::from_str(&text).unwrap();
-    for d in host["domains"].as_array_mut().unwrap() {
-        let name = d["name"].as_str().unwrap().to_owned();
-        if d["disks"].as_array().is_some_and(|a| !a.is_empty()) {
-            let disk = dir.join(format!("{name}.img"));
-            std::fs::write(&disk, b"disk").unwrap();
-            let p = disk.display().to_string();
-            d["disks"][0]["path"] = p.clone().into();
-            d["config"]["disks"][0]["pdev_path"] = p.into();
-        }
-    }
-    serde_json::from_value(host).unwrap()
+    common::example_host(dir)
 }
 
 /// The same host after a reboot: only dom0 runs, on whichever hypervisor
