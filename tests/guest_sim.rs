@@ -253,6 +253,31 @@ fn a_corrupt_image_leaves_nothing_running() {
 }
 
 #[test]
+fn a_restore_that_libxl_rejects_is_blamed_on_the_corrupt_image() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let (image, mut bytes) = saved_image(&ts, t.path());
+    // Corrupt the page the simulator checks (as libxc would reject a bad
+    // page table): the restore itself fails, before the stream's end.
+    let tag = b"xenmaint-sim:";
+    let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&image, &bytes).unwrap();
+    let e = guest::restore(
+        &ts,
+        &image,
+        &RestoreOptions { paused: false },
+        &no_progress(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
+        "{e}"
+    );
+    assert_eq!(state(&ts, "web-1"), None);
+}
+
+#[test]
 fn an_image_without_manifest_restores_like_xl_would() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());

@@ -114,10 +114,15 @@ pub fn restore(
         Ok(domid) => domid,
         Err(e) => {
             remove_leftover(ts, uuid);
-            // The image's own fault explains libxl's failure best.
+            // The image's own fault explains libxl's failure best. libxl
+            // may stop reading before the end (a corrupt page table, say),
+            // so read the rest to know whether the image is to blame.
             return Err(match scanned {
                 Some(Err(image_error)) => image_error.into(),
-                _ => e.into(),
+                _ => match verify(image) {
+                    Err(OpError::Image(image_error)) => image_error.into(),
+                    _ => e.into(),
+                },
             });
         }
     };
