@@ -140,6 +140,16 @@ pub fn restore(
     if let Err(e) = check {
         // Nothing may run from an image that failed its checks.
         let _ = ts.destroy(domid);
+        if matches!(e, ImageError::ChecksumMismatch { .. }) && verify(image).is_ok() {
+            // The file reads intact now: what was read during the restore
+            // was not what is stored. Say so: that is the storage or the
+            // host's memory failing, not the image.
+            log::error!(
+                "{}: the stream read during the restore did not match its manifest, \
+                 yet the file reads intact now: reads from this storage are unreliable",
+                image.display()
+            );
+        }
         return Err(e.into());
     }
     if !opts.paused {
