@@ -17,6 +17,11 @@ CTL_GUEST_PORT = 7777
 
 MARK = re.compile(rb"@@NESTED-XEN@@ boot=(\d+) event=(\S+)(.*)")
 T0 = time.monotonic()
+# -smap/-smep: without them the PV dom0 dies at once under TCG (#PF in Xen's
+# create_bounce_frame). -avx/-avx2: QEMU 7.2 is the first TCG with AVX/AVX2 and glibc picks
+# AVX2 string functions when offered; a bash in dom0 segfaulted once in a plain read loop,
+# so the nested host gets the long-proven SSE paths instead.
+CPU = "max,-smap,-smep,-avx,-avx2"
 
 
 def ts():
@@ -54,6 +59,7 @@ class Run:
         self.lock = threading.Lock()
         self.outside_calls = 0
         self.outside_fail = 0
+        self.panics = []          # Xen or dom0 panics seen on the serial console
 
     # ---- control server: the scenario's `outside PHASE` ------------------------------
     def serve(self, sock):
@@ -140,7 +146,7 @@ class Run:
                         "-F", "raw", overlay], check=True)
 
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests)
-        cmd = ["qemu-system-x86_64", "-machine", "q35", "-cpu", "max,-smap,-smep",
+        cmd = ["qemu-system-x86_64", "-machine", "q35", "-cpu", CPU,
                "-accel", "tcg,thread=multi", "-smp", "2", "-m", str(a.mem), "-nographic",
                "-monitor", "none", "-serial", "stdio",
                "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
@@ -186,6 +192,9 @@ class Run:
                 mark(f"boot {boots}: GRUB -> {raw.split(b'entry:')[1].strip().decode(errors='replace')}")
             elif b"Xen version" in raw and b"(XEN)" in raw and b"build-id" not in raw:
                 mark(f"boot {boots}: Xen starting: {raw.decode(errors='replace').split('Xen version')[1].strip()[:40]}")
+            if b"Panic on CPU" in raw or b"Kernel panic - not syncing" in raw:
+                self.panics.append(raw.decode(errors="replace").strip())
+                say(f"PANIC on the serial console: {self.panics[-1]}")
             m = MARK.search(raw)
             if not m:
                 continue
@@ -228,15 +237,20 @@ class Run:
                 declared += line.split(":", 1)[1].split()
         for t in declared:
             self.tests.setdefault(t, "MISSING")
-        ok = (not self.timed_out and self.done_rc == 0
-              and all(v == "PASS" for v in self.tests.values()))
+        # complete: the scenario ran to its end cleanly; tests' own verdicts then count.
+        complete = not self.timed_out and self.done_rc == 0 and not self.panics
+        ok = complete and all(v == "PASS" for v in self.tests.values())
+        with open(os.path.join(self.out, "run.txt"), "w") as f:
+            f.write(f"complete={int(complete)} done_rc={self.done_rc} timeout={int(self.timed_out)} "
+                    f"panics={len(self.panics)}\n")
         with open(os.path.join(self.out, "tests.txt"), "w") as f:
             for t, v in self.tests.items():
                 f.write(f"{t} {v}\n")
         for t, v in self.tests.items():
             say(f"test {t}: {v}")
         say(f"run {'PASSED' if ok else 'FAILED'}: scenario rc={self.done_rc} timeout={self.timed_out} "
-            f"outside calls={self.outside_calls} failed={self.outside_fail}; see {self.out}")
+            f"outside calls={self.outside_calls} failed={self.outside_fail} panics={len(self.panics)}; "
+            f"see {self.out}")
         if ok and not a.keep:
             os.remove(overlay)   # large; kept on failure for inspection (qemu-img convert)
         return 0 if ok else 1
