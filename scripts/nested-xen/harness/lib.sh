@@ -101,7 +101,9 @@ start_guests() {
       xl create "/etc/xen/guests/$name.cfg" > "$NESTED_RESULTS/xl-create-$name.log" 2>&1 \
         || { rc=1; echo "xl create $name failed:"; cat "$NESTED_RESULTS/xl-create-$name.log"; continue; }
     fi
-    nested_wait 120 "guest_request $ip STATUS 2>/dev/null | grep -q ^counter=" \
+    # (Not `guest_request | grep -q`: under pipefail grep's early exit SIGPIPEs the client
+    # and the whole test fails although the guest answered.)
+    nested_wait 120 "[[ \"\$(guest_request $ip STATUS 2>/dev/null)\" == *counter=* ]]" \
       || echo "WARNING: $name does not answer yet"
   done 7< <(guests)
   [ "$rc" = 0 ] || return 1
