@@ -27,6 +27,10 @@ fn no_progress() -> impl Fn(guest::Progress) + Sync {
     |_| {}
 }
 
+fn restore(ts: &Sim, image: &Path, paused: bool) -> Result<guest::RestoreReport, OpError> {
+    guest::restore(ts, image, &RestoreOptions { paused }, &no_progress())
+}
+
 fn save_opts(dir: &Path) -> SaveOptions {
     SaveOptions {
         out: None,
@@ -78,13 +82,7 @@ fn save_then_restore_brings_the_same_guest_back() {
     );
     guest::verify(&r.image).unwrap();
 
-    let back = guest::restore(
-        &ts,
-        &r.image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap();
+    let back = restore(&ts, &r.image, false).unwrap();
     assert!(back.checksum_verified);
     let after = ts.domain_detail(back.domid).unwrap();
     assert_eq!(after.info.name, "web-1");
@@ -211,13 +209,7 @@ fn a_corrupt_image_leaves_nothing_running() {
     let at = bytes.len() - 2000;
     flipped[at] ^= 1;
     std::fs::write(&image, &flipped).unwrap();
-    let e = guest::restore(
-        &ts,
-        &image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap_err();
+    let e = restore(&ts, &image, false).unwrap_err();
     assert!(
         matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
         "{e}"
@@ -230,25 +222,13 @@ fn a_corrupt_image_leaves_nothing_running() {
 
     // Truncated: refused before anything runs.
     std::fs::write(&image, &bytes[..bytes.len() - 16]).unwrap();
-    let e = guest::restore(
-        &ts,
-        &image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap_err();
+    let e = restore(&ts, &image, false).unwrap_err();
     assert!(matches!(e, OpError::Image(ImageError::Truncated(_))), "{e}");
     assert_eq!(state(&ts, "web-1"), None);
 
     // The intact image still restores.
     std::fs::write(&image, &bytes).unwrap();
-    guest::restore(
-        &ts,
-        &image,
-        &RestoreOptions { paused: true },
-        &no_progress(),
-    )
-    .unwrap();
+    restore(&ts, &image, true).unwrap();
     assert_eq!(state(&ts, "web-1"), Some(DomainState::Paused));
 }
 
@@ -263,13 +243,7 @@ fn a_restore_that_libxl_rejects_is_blamed_on_the_corrupt_image() {
     let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
     bytes[at] ^= 0x20;
     std::fs::write(&image, &bytes).unwrap();
-    let e = guest::restore(
-        &ts,
-        &image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap_err();
+    let e = restore(&ts, &image, false).unwrap_err();
     assert!(
         matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
         "{e}"
@@ -283,13 +257,7 @@ fn an_image_without_manifest_restores_like_xl_would() {
     let ts = sim(t.path());
     let (image, _) = saved_image(&ts, t.path());
     std::fs::remove_file(manifest_path(&image)).unwrap();
-    let r = guest::restore(
-        &ts,
-        &image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap();
+    let r = restore(&ts, &image, false).unwrap();
     assert!(!r.checksum_verified);
     assert_eq!(state(&ts, "web-1"), Some(DomainState::Running));
 }
@@ -303,24 +271,12 @@ fn restore_refuses_a_second_copy_and_missing_disks() {
         ..save_opts(t.path())
     };
     let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();
-    let e = guest::restore(
-        &ts,
-        &r.image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap_err();
+    let e = restore(&ts, &r.image, false).unwrap_err();
     assert!(matches!(e, OpError::AlreadyRunning { .. }), "{e}");
 
     guest::destroy(&ts, &name("web-1")).unwrap();
     std::fs::remove_file(t.path().join("web-1.img")).unwrap();
-    let e = guest::restore(
-        &ts,
-        &r.image,
-        &RestoreOptions { paused: false },
-        &no_progress(),
-    )
-    .unwrap_err();
+    let e = restore(&ts, &r.image, false).unwrap_err();
     assert!(matches!(e, OpError::MissingDisk { .. }), "{e}");
     assert!(e.to_string().contains("web-1.img"), "{e}");
     assert_eq!(state(&ts, "web-1"), None);
