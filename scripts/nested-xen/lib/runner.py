@@ -136,6 +136,8 @@ class Run:
         shutil.copy(a.scenario, os.path.join(io, "scenario"))
         if a.xenmaint:
             shutil.copy(a.xenmaint, os.path.join(io, "bin", "xenmaint"))
+        if a.units:   # what ships with xenmaint besides the binary (the resume unit)
+            shutil.copytree(a.units, os.path.join(io, "systemd"))
         with open(os.path.join(io, "run.env"), "w") as f:
             f.write(f"NESTED_CTL_ADDR={CTL_ADDR}\nNESTED_CTL_PORT={CTL_GUEST_PORT}\n")
         io_img = os.path.join(work, "io.img")
@@ -168,7 +170,8 @@ class Run:
         timeline = open(os.path.join(self.out, "timeline.txt"), "w")
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        killer = threading.Timer(a.timeout, lambda: (say(f"TIMEOUT after {a.timeout}s: killing QEMU"),
+        timeout = int(header(a.scenario, "nested-timeout") or a.timeout)
+        killer = threading.Timer(timeout, lambda: (say(f"TIMEOUT after {timeout}s: killing QEMU"),
                                                      setattr(self, "timed_out", True), qemu.kill()))
         self.timed_out = False
         killer.start()
@@ -238,14 +241,14 @@ class Run:
                 shutil.move(os.path.join(res, "results", n), os.path.join(res, n))
             os.rmdir(os.path.join(res, "results"))
 
-        declared = []
-        for line in open(a.scenario, errors="replace"):
-            if line.startswith("# nested-tests:"):
-                declared += line.split(":", 1)[1].split()
-        for t in declared:
+        for t in (header(a.scenario, "nested-tests") or "").split():
             self.tests.setdefault(t, "MISSING")
+        # A scenario that makes Xen panic on purpose (a broken boot entry) says how often.
+        expected_panics = int(header(a.scenario, "nested-expected-panics") or 0)
+        if len(self.panics) != expected_panics:
+            say(f"{len(self.panics)} panic(s) on the console, the scenario expects {expected_panics}")
         # complete: the scenario ran to its end cleanly; tests' own verdicts then count.
-        complete = not self.timed_out and self.done_rc == 0 and not self.panics
+        complete = not self.timed_out and self.done_rc == 0 and len(self.panics) == expected_panics
         ok = complete and all(v == "PASS" for v in self.tests.values())
         with open(os.path.join(self.out, "run.txt"), "w") as f:
             f.write(f"complete={int(complete)} done_rc={self.done_rc} timeout={int(self.timed_out)} "
@@ -263,6 +266,13 @@ class Run:
         return 0 if ok else 1
 
 
+def header(scenario, key):
+    """The value of a scenario's "# KEY: value" header line (all of them, joined), or None."""
+    vals = [line.split(":", 1)[1].strip() for line in open(scenario, errors="replace")
+            if line.startswith(f"# {key}:")]
+    return " ".join(vals) if vals else None
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--scenario", required=True)
@@ -270,6 +280,7 @@ def main():
     p.add_argument("--outside")
     p.add_argument("--image", required=True)
     p.add_argument("--xenmaint")
+    p.add_argument("--units", help="directory of systemd units shipped with xenmaint")
     p.add_argument("--harness", required=True)
     p.add_argument("--guests", required=True)
     p.add_argument("--timeout", type=int, default=900)
