@@ -59,6 +59,22 @@ pub struct Policy {
     /// Seconds a clean guest shutdown or boot is expected to take.
     pub shutdown_s: f64,
     pub on_failure: OnFailure,
+    /// Seconds `resume` waits at boot for the guests' bridges to appear.
+    pub bridge_wait_s: f64,
+    /// Probe a guest's recorded addresses once it is back (ICMP echo). Off
+    /// for hosts whose guests drop ICMP.
+    pub probe_addresses: bool,
+    /// Seconds a guest that is back has to answer at its addresses (a cold
+    /// booted one must boot first).
+    pub verify_s: f64,
+    /// Keep each image after its guest is back and verified (the default);
+    /// `false` deletes it then, never before.
+    pub keep_images: bool,
+    /// Commands run (by /bin/sh) at each phase boundary, with XENMAINT_RUN,
+    /// XENMAINT_PHASE and XENMAINT_STATUS (a JSON status file) set.
+    pub hooks: Vec<String>,
+    /// Seconds a hook may run before it is killed.
+    pub hook_s: f64,
 }
 
 impl Default for Policy {
@@ -73,6 +89,12 @@ impl Default for Policy {
             restore_mib_s: 100.0,
             shutdown_s: 30.0,
             on_failure: OnFailure::Rollback,
+            bridge_wait_s: 60.0,
+            probe_addresses: true,
+            verify_s: 120.0,
+            keep_images: true,
+            hooks: Vec::new(),
+            hook_s: 60.0,
         }
     }
 }
@@ -84,6 +106,15 @@ pub trait HostFacts: Sync {
     fn free_bytes(&self, dir: &Path) -> std::io::Result<u64>;
     /// Why xendomains would act on the same guests at shutdown, if it would.
     fn xendomains_conflict(&self) -> Option<String>;
+    /// Whether the network bridge `name` exists (at boot, resume waits for
+    /// the bridges its guests use). A host without bridges to check says yes.
+    fn bridge_present(&self, _name: &str) -> bool {
+        true
+    }
+    /// dom0's neighbour table (complete entries).
+    fn neighbours(&self) -> Vec<crate::address::Neighbour>;
+    /// Whether `ip` answers a probe within `timeout`.
+    fn probe(&self, ip: std::net::IpAddr, timeout: std::time::Duration) -> bool;
 }
 
 /// The real host: statvfs and Debian's /etc/default/xendomains.
@@ -104,6 +135,24 @@ impl HostFacts for RealHost {
             &std::fs::read_to_string("/etc/default/xendomains").unwrap_or_default(),
             Path::new("/etc/systemd/system/multi-user.target.wants/xendomains.service").exists(),
         )
+    }
+
+    fn neighbours(&self) -> Vec<crate::address::Neighbour> {
+        crate::address::parse_arp(&std::fs::read_to_string("/proc/net/arp").unwrap_or_default())
+    }
+
+    fn probe(&self, ip: std::net::IpAddr, timeout: std::time::Duration) -> bool {
+        crate::address::ping(ip, timeout)
+    }
+
+    fn bridge_present(&self, name: &str) -> bool {
+        // A name from a guest's config is one path component, or it is not a bridge.
+        let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        plain
+            && Path::new("/sys/class/net")
+                .join(name)
+                .join("bridge")
+                .is_dir()
     }
 }
 
@@ -346,6 +395,12 @@ mod tests {
         }
         fn xendomains_conflict(&self) -> Option<String> {
             self.xendomains.clone()
+        }
+        fn neighbours(&self) -> Vec<crate::address::Neighbour> {
+            Vec::new()
+        }
+        fn probe(&self, _: std::net::IpAddr, _: std::time::Duration) -> bool {
+            unreachable!("planning probes nothing")
         }
     }
 

@@ -44,6 +44,9 @@ pub struct SimDomain {
     /// it shuts down and re-creates it when it reboots.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub xl_daemon: bool,
+    /// Addresses the guest publishes in xenstore (as a guest agent would).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<std::net::IpAddr>,
 }
 
 /// The JSON description of a simulated host.
@@ -173,6 +176,14 @@ impl Sim {
         boot
     }
 
+    /// The simulated host's facts: its guests answer probes at their
+    /// configured and published addresses while they run; nothing of this
+    /// machine's network is looked at or probed. Image space is this
+    /// machine's, where the simulated images are really written.
+    pub fn host_facts(&self) -> SimFacts<'_> {
+        SimFacts { sim: self }
+    }
+
     /// The host as it is now, in its JSON shape.
     pub fn snapshot(&self) -> SimHost {
         self.lock().clone()
@@ -300,6 +311,7 @@ impl Sim {
             },
             ignores_shutdown: false,
             xl_daemon: false,
+            published: Vec::new(),
         });
         Ok(domid)
     }
@@ -344,6 +356,12 @@ impl Toolstack for Sim {
 
     fn physinfo(&self) -> Result<PhysInfo> {
         self.with(Call::Physinfo, None, |h| Ok(h.physinfo))
+    }
+
+    fn published_addresses(&self, domid: DomId) -> Result<Vec<std::net::IpAddr>> {
+        self.with(Call::PublishedAddresses, Some(domid), |h| {
+            Ok(find(h, domid)?.published.clone())
+        })
     }
 
     fn save(&self, domid: DomId, _live: bool, out: &mut (dyn Write + Send)) -> Result<()> {
@@ -457,6 +475,38 @@ impl Toolstack for Sim {
     }
 }
 
+/// `HostFacts` of a simulated host (see `Sim::host_facts`).
+pub struct SimFacts<'a> {
+    sim: &'a Sim,
+}
+
+impl crate::plan::HostFacts for SimFacts<'_> {
+    fn free_bytes(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+        crate::plan::RealHost.free_bytes(dir)
+    }
+
+    fn xendomains_conflict(&self) -> Option<String> {
+        None
+    }
+
+    fn neighbours(&self) -> Vec<crate::address::Neighbour> {
+        Vec::new()
+    }
+
+    fn probe(&self, ip: std::net::IpAddr, _timeout: std::time::Duration) -> bool {
+        let host = self.sim.lock();
+        host.domains.iter().any(|d| {
+            matches!(
+                d.detail.info.state,
+                DomainState::Running | DomainState::Blocked
+            ) && (d.published.contains(&ip)
+                || crate::address::collect(&d.detail.nics, &[], &[])
+                    .iter()
+                    .any(|a| a.ip == ip))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +538,7 @@ mod tests {
                 detail,
                 ignores_shutdown: false,
                 xl_daemon: false,
+                published: Vec::new(),
             })
             .collect();
         SimHost {

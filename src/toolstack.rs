@@ -40,6 +40,7 @@ pub enum Call {
     DomainDetail,
     Version,
     Physinfo,
+    PublishedAddresses,
     Save,
     Resume,
     Destroy,
@@ -84,6 +85,10 @@ pub trait Toolstack: Sync {
 
     /// Host memory and CPUs.
     fn physinfo(&self) -> Result<PhysInfo>;
+
+    /// The IP addresses the guest publishes about itself in xenstore (guest
+    /// agents do); empty when it publishes none. The guest chooses these.
+    fn published_addresses(&self, domid: DomId) -> Result<Vec<std::net::IpAddr>>;
 
     /// Suspends the domain and writes its libxl stream into `out` (the xl
     /// header is the caller's). On success the domain is left suspended, not

@@ -421,4 +421,15 @@ fn drain_status_resume_on_the_simulator_with_exit_codes() {
     let r = base(&["status", "--wait", "--timeout", "5", "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(json_lines(&r.stdout)[0]["state"]["phase"], "finished");
+    // Each guest was checked at the address recorded before the drain (the
+    // simulated guests answer at theirs; nothing real is probed).
+    let r = base(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for ip in ["10.0.2.21", "10.0.2.22", "10.0.2.23"] {
+        assert!(
+            r.stdout.contains(&format!("answers at {ip}")),
+            "{}",
+            r.stdout
+        );
+    }
 }

@@ -4,9 +4,13 @@
 //! guest comes back exactly once, with its name, UUID and MACs.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use xenmaint::address::{Neighbour, Source};
 
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::domain::{DomainState, Uuid};
@@ -16,6 +20,7 @@ use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer};
 use xenmaint::sim::{Fault, Sim, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
 
+/// A host with room for every image, whose guests answer every probe.
 struct Roomy;
 impl HostFacts for Roomy {
     fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
@@ -23,6 +28,36 @@ impl HostFacts for Roomy {
     }
     fn xendomains_conflict(&self) -> Option<String> {
         None
+    }
+    fn neighbours(&self) -> Vec<Neighbour> {
+        Vec::new()
+    }
+    fn probe(&self, _: IpAddr, _: Duration) -> bool {
+        true
+    }
+}
+
+/// A host with a neighbour table, some addresses that never answer, and a
+/// record of every probe.
+#[derive(Default)]
+struct Probed {
+    neighbours: Vec<Neighbour>,
+    silent: Vec<IpAddr>,
+    probes: Mutex<Vec<IpAddr>>,
+}
+impl HostFacts for Probed {
+    fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(1 << 40)
+    }
+    fn xendomains_conflict(&self) -> Option<String> {
+        None
+    }
+    fn neighbours(&self) -> Vec<Neighbour> {
+        self.neighbours.clone()
+    }
+    fn probe(&self, ip: IpAddr, _: Duration) -> bool {
+        self.probes.lock().unwrap().push(ip);
+        !self.silent.contains(&ip)
     }
 }
 
@@ -185,6 +220,182 @@ fn the_whole_cycle_brings_every_guest_back_on_the_patched_hypervisor() {
     assert_all_back(&after, &want, "after a second resume");
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// drain, patch (boot once xen-new), reboot, resume with `facts` and
+/// `policy`: the resume's result and the host after it.
+fn cycle(
+    dir: &Path,
+    h: &SimHost,
+    facts: &dyn HostFacts,
+    p: &Policy,
+) -> (
+    Result<Option<(String, xenmaint::sequencer::RunState)>, SeqError>,
+    Sim,
+) {
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = Sequencer {
+        facts,
+        ..seq(&ts, &boot, dir, p.clone(), &never)
+    };
+    s.drain().unwrap();
+    s.patch("true", "xen-new").unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(h, &boot);
+    let s2 = Sequencer {
+        facts,
+        ..seq(&after, &boot, dir, p.clone(), &never)
+    };
+    (s2.resume(), after)
+}
+
+#[test]
+fn addresses_from_config_xenstore_and_neighbours_are_recorded_and_probed() {
+    let t = tempfile::tempdir().unwrap();
+    let mut h = host(t.path());
+    let web = h
+        .domains
+        .iter_mut()
+        .find(|d| d.detail.info.name == "web-1")
+        .unwrap();
+    web.published = vec![ip("10.0.9.1"), ip("127.0.0.1")];
+    let facts = Probed {
+        neighbours: vec![Neighbour {
+            ip: ip("10.0.2.121"),
+            mac: "00:16:3e:5a:00:01".parse().unwrap(),
+            device: "xenbr0".into(),
+        }],
+        ..Probed::default()
+    };
+    let (r, after) = cycle(t.path(), &h, &facts, &policy(t.path(), 2));
+    let (_, done) = r.unwrap().unwrap();
+    let web = after.resolve(&"web-1".parse().unwrap()).unwrap().uuid;
+    let seen: Vec<(String, Vec<Source>)> = done.observed[&web]
+        .addresses
+        .iter()
+        .map(|a| (a.ip.to_string(), a.sources.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("10.0.2.21".into(), vec![Source::Config]),
+            ("10.0.2.121".into(), vec![Source::Neighbour]),
+            ("10.0.9.1".into(), vec![Source::Xenstore]),
+        ],
+        "loopback published by the guest is dropped"
+    );
+    assert_eq!(done.observed[&web].disks.len(), 1);
+    // Every recorded address of every guest was probed after the resume.
+    let probes = facts.probes.lock().unwrap().clone();
+    for a in [
+        "10.0.2.121",
+        "10.0.2.21",
+        "10.0.9.1",
+        "10.0.2.22",
+        "10.0.2.23",
+    ] {
+        assert!(probes.contains(&ip(a)), "{a} not probed: {probes:?}");
+    }
+    assert!(done.verified.values().all(|v| v.ok()) && done.verified.len() == 3);
+    assert_eq!(done.trouble(), None);
+    // Images are kept by default.
+    assert!(done.images.values().all(|p| p.exists()));
+}
+
+#[test]
+fn a_guest_silent_at_its_address_fails_the_resume_and_keeps_its_image() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let facts = Probed {
+        silent: vec![ip("10.0.2.22")],
+        ..Probed::default()
+    };
+    let mut p = policy(t.path(), 2);
+    p.verify_s = 0.3;
+    p.keep_images = false;
+    let (r, after) = cycle(t.path(), &h, &facts, &p);
+    assert!(matches!(r, Err(SeqError::ChecksFailed(1))), "{r:?}");
+    let boot = boot_loader();
+    let s = seq(&after, &boot, t.path(), p, &never);
+    let (_, st) = s.state().unwrap().unwrap();
+    let db = after.resolve(&"db-1".parse().unwrap()).unwrap().uuid;
+    assert_eq!(st.verified[&db].silent, [ip("10.0.2.22")]);
+    assert!(st.trouble().unwrap().contains("failed their checks"));
+    // keep_images = false: the guests that checked out lost their images,
+    // the silent one kept its own.
+    for (uuid, image) in &st.images {
+        assert_eq!(image.exists(), *uuid == db, "{uuid}");
+    }
+    // Tried again before giving up.
+    let tries = facts
+        .probes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| **a == ip("10.0.2.22"))
+        .count();
+    assert!(tries >= 2, "{tries}");
+}
+
+#[test]
+fn a_disk_that_is_not_the_same_file_fails_the_checks() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    // Someone replaced cache-1's disk by another file of the same name.
+    let disk = t.path().join("cache-1.img");
+    std::fs::remove_file(&disk).unwrap();
+    std::fs::write(&disk, b"another disk").unwrap();
+    let after = rebooted(&h, &boot);
+    let e = seq(&after, &boot, t.path(), policy(t.path(), 1), &never).resume();
+    assert!(matches!(e, Err(SeqError::ChecksFailed(1))), "{e:?}");
+    let (_, st) = s.state().unwrap().unwrap();
+    let changed: Vec<&String> = st
+        .verified
+        .values()
+        .flat_map(|v| &v.disks_changed)
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].contains("inode"), "{changed:?}");
+}
+
+#[test]
+fn hooks_run_at_every_phase_with_the_run_and_its_status_file() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let log = t.path().join("hooks.log");
+    let mut p = policy(t.path(), 2);
+    p.hooks = vec![
+        format!(
+            "grep -q \"$XENMAINT_RUN\" \"$XENMAINT_STATUS\" && echo \"$XENMAINT_PHASE\" >> {}",
+            log.display()
+        ),
+        "exit 1".into(), // a failing hook is logged; the run goes on
+    ];
+    let (r, after) = cycle(t.path(), &h, &Roomy, &p);
+    r.unwrap();
+    let phases = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        phases.lines().collect::<Vec<_>>(),
+        [
+            "started",
+            "drained",
+            "patched",
+            "rebooting",
+            "booted",
+            "finished"
+        ]
+    );
+    assert_eq!(guests(&after).len(), 3);
+}
+
 #[test]
 fn a_patch_that_does_not_boot_keeps_the_old_default_and_still_brings_guests_back() {
     let t = tempfile::tempdir().unwrap();
@@ -200,14 +411,29 @@ fn a_patch_that_does_not_boot_keeps_the_old_default_and_still_brings_guests_back
     boot.boot();
     let after = rebooted(&h, &boot);
     let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
-    let (_, done) = s2.resume().unwrap().unwrap();
+    let e = s2.resume().unwrap_err();
+    assert!(matches!(e, SeqError::PatchDidNotTake { .. }), "{e}");
+    assert!(e.to_string().contains("THE PATCH DID NOT TAKE"), "{e}");
+    let (_, done) = s2.state().unwrap().unwrap();
+    assert_eq!(done.phase, Phase::Finished);
     assert!(!done.booted.as_ref().unwrap().1, "patch did not take");
+    assert!(done.trouble().unwrap().contains("did not take"));
     assert!(boot
         .default_entry()
         .unwrap()
         .unwrap()
         .starts_with("xenmaint-fallback-"));
     assert_all_back(&after, &want, "after resume on the old hypervisor");
+    // Resume is idempotent: the finished run is reported, not redone.
+    assert!(s2.resume().unwrap().is_some());
+
+    // The next run keeps the kept entry as its fallback (no copy of a copy).
+    let kept = boot.default_entry().unwrap().unwrap();
+    s2.drain().unwrap();
+    s2.patch("true", "xen-new").unwrap();
+    let (_, st) = s2.state().unwrap().unwrap();
+    assert_eq!(st.fallback_entry.as_deref(), Some(kept.as_str()));
+    assert_eq!(boot.default_entry().unwrap(), Some(kept));
 }
 
 #[test]

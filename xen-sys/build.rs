@@ -43,6 +43,13 @@ fn main() {
         ))
     });
 
+    // xenstore, likewise: read directly for what guests publish.
+    let xenstore = pkg_config::probe_library("xenstore").unwrap_or_else(|e| {
+        fail(&format!(
+            "xenstore not found by pkg-config ({e}); on Debian install libxen-dev"
+        ))
+    });
+
     let series = series_of(&xenlight.version);
     let write_vendor = env::var_os("XENLIGHT_SYS_WRITE_VENDOR").is_some();
     if !SUPPORTED.contains(&series.as_str()) && !write_vendor {
@@ -57,6 +64,7 @@ fn main() {
 
     let mut include_paths = xenlight.include_paths.clone();
     include_paths.extend(toollog.include_paths.iter().cloned());
+    include_paths.extend(xenstore.include_paths.iter().cloned());
     if include_paths.is_empty() {
         include_paths.push(PathBuf::from("/usr/include"));
     }
@@ -113,9 +121,9 @@ fn generate(include_paths: &[PathBuf]) -> String {
                 .join("wrapper.h")
                 .to_string_lossy(),
         )
-        .allowlist_function("libxl_.*|xtl_.*|vsnprintf")
-        .allowlist_type("libxl_.*|xentoollog_.*")
-        .allowlist_var("LIBXL_.*|ERROR_.*|XTL_.*")
+        .allowlist_function("libxl_.*|xtl_.*|vsnprintf|xs_(open|close|directory|read)")
+        .allowlist_type("libxl_.*|xentoollog_.*|xs_transaction_t")
+        .allowlist_var("LIBXL_.*|ERROR_.*|XTL_.*|XBT_NULL|XS_OPEN_READONLY")
         .prepend_enum_name(false)
         .derive_default(true)
         .generate_comments(false)

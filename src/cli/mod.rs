@@ -261,6 +261,8 @@ pub enum CliError {
     Run(#[from] crate::sequencer::SeqError),
     #[error("the run did not finish within {0} s")]
     StatusTimeout(u64),
+    #[error("run {run}: {trouble}")]
+    RunTrouble { run: String, trouble: String },
     #[error("cannot write output: {0}")]
     Output(io::Error),
 }
@@ -292,6 +294,7 @@ impl CliError {
             CliError::Op(_)
             | CliError::NotConfirmed(_)
             | CliError::Output(_)
+            | CliError::RunTrouble { .. }
             | CliError::Run(_) => return exit::FAILURE,
         };
         match ts {
@@ -374,7 +377,10 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         Verb::List => inventory::list(ts, &out)?,
         Verb::Info { domain } => inventory::info(ts, domain, &out)?,
         Verb::Version => inventory::version(ts, &out)?,
-        Verb::Plan { policy } => plan::plan(ts, &policy.policy()?, &out)?,
+        Verb::Plan { policy } => {
+            let ctx = run::context(args, ts, sim, Some(policy))?;
+            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?
+        }
         Verb::Save {
             domain,
             out: file,
@@ -430,7 +436,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             no_reboot,
         } => {
             let ctx = run::context(args, ts, sim, Some(policy))?;
-            plan::plan(ts, &ctx.policy, &out)?;
+            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?;
             run::drain(&ctx, &out)?;
             run::patch(&ctx, patch_cmd, boot_entry, &out)?;
             if !no_reboot {

@@ -2,13 +2,18 @@
 
 use super::output::Output;
 use super::CliError;
-use crate::plan::{self, Action, Policy, RealHost, Severity};
+use crate::plan::{self, Action, HostFacts, Policy, Severity};
 use crate::toolstack::Toolstack;
 
 const MIB: u64 = 1 << 20;
 
-pub fn plan(ts: &dyn Toolstack, policy: &Policy, out: &Output) -> Result<(), CliError> {
-    let p = plan::plan(ts, policy, &RealHost)?;
+pub fn plan(
+    ts: &dyn Toolstack,
+    policy: &Policy,
+    facts: &dyn HostFacts,
+    out: &Output,
+) -> Result<(), CliError> {
+    let p = plan::plan(ts, policy, facts)?;
     let errors = p
         .findings
         .iter()

@@ -8,8 +8,8 @@ use super::{Args, CliError, HostRebootArgs, PolicyArgs};
 use crate::boot::{BootLoader, Grub};
 use crate::domain::printable;
 use crate::guest::PowerOptions;
-use crate::plan::{Policy, RealHost};
-use crate::sequencer::{GuestState, Phase, RunState, Sequencer};
+use crate::plan::{HostFacts, Policy, RealHost};
+use crate::sequencer::{GuestState, Phase, RunState, Sequencer, Verification};
 use crate::toolstack::Toolstack;
 
 /// What every run verb needs, from the command line.
@@ -18,28 +18,31 @@ pub struct Context<'a> {
     pub policy: Policy,
     pub args: &'a Args,
     boot: Box<dyn BootLoader + 'a>,
+    pub facts: Box<dyn HostFacts + 'a>,
 }
 
 pub fn context<'a>(
     args: &'a Args,
     ts: &'a dyn Toolstack,
-    sim: Option<&crate::sim::Sim>,
+    sim: Option<&'a crate::sim::Sim>,
     policy: Option<&PolicyArgs>,
 ) -> Result<Context<'a>, CliError> {
     let policy = match policy {
         Some(p) => p.policy()?,
         None => crate::config::load_policy(None)?,
     };
-    // A simulated host has a simulated boot loader: never this machine's GRUB.
-    let boot: Box<dyn BootLoader> = match sim {
-        Some(sim) => Box::new(sim.boot_loader()),
-        None => Box::new(Grub::default()),
+    // A simulated host has a simulated boot loader and network: never this
+    // machine's GRUB, never a probe of this machine's neighbours.
+    let (boot, facts): (Box<dyn BootLoader>, Box<dyn HostFacts + 'a>) = match sim {
+        Some(sim) => (Box::new(sim.boot_loader()), Box::new(sim.host_facts())),
+        None => (Box::new(Grub::default()), Box::new(RealHost)),
     };
     Ok(Context {
         ts,
         policy,
         args,
         boot,
+        facts,
     })
 }
 
@@ -51,7 +54,7 @@ fn sequencer<'a>(ctx: &'a Context<'a>) -> Sequencer<'a> {
     Sequencer {
         ts: ctx.ts,
         boot: ctx.boot.as_ref(),
-        facts: &RealHost,
+        facts: ctx.facts.as_ref(),
         policy: ctx.policy.clone(),
         state_dir: ctx.args.state_dir.clone(),
         lock_path: ctx.args.lock.clone(),
@@ -82,10 +85,11 @@ fn report(out: &Output, event: &str, id: &str, state: &RunState) -> Result<(), C
                 .get(&g.uuid)
                 .cloned()
                 .unwrap_or(GuestState::Pending);
-            vec![g.name.clone(), g.uuid.to_string(), describe(&st)]
+            let checks = state.verified.get(&g.uuid).map(checks).unwrap_or_default();
+            vec![g.name.clone(), g.uuid.to_string(), describe(&st), checks]
         })
         .collect();
-    out.table(&["NAME", "UUID", "STATE"], &rows)?;
+    out.table(&["NAME", "UUID", "STATE", "CHECKS"], &rows)?;
     if let Some((hv, took)) = &state.booted {
         out.line(&if *took {
             format!("hypervisor: Xen {} booted as planned; boot default committed", hv.release)
@@ -100,6 +104,29 @@ fn report(out: &Output, event: &str, id: &str, state: &RunState) -> Result<(), C
         out.line(&format!("halted: {}", printable(reason)))?;
     }
     Ok(())
+}
+
+/// A guest's checks after it came back, in a few words.
+fn checks(v: &Verification) -> String {
+    let list = |ips: &[std::net::IpAddr]| {
+        ips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut parts = Vec::new();
+    if !v.answered.is_empty() {
+        parts.push(format!("answers at {}", list(&v.answered)));
+    }
+    if !v.silent.is_empty() {
+        parts.push(format!("SILENT at {}", list(&v.silent)));
+    }
+    if v.disks_changed.is_empty() {
+        parts.push("disks same".into());
+    } else {
+        parts.push(format!("DISKS CHANGED: {}", v.disks_changed.join("; ")));
+    }
+    parts.join("; ")
 }
 
 fn describe(st: &GuestState) -> String {
@@ -175,10 +202,18 @@ pub fn status(ctx: &Context<'_>, wait: bool, timeout: u64, out: &Output) -> Resu
         let state = s.state()?;
         let finished = state
             .as_ref()
-            .is_none_or(|(_, st)| st.phase == Phase::Finished);
+            .is_none_or(|(_, st)| matches!(st.phase, Phase::Finished | Phase::Halted));
         if !wait || finished {
             return match state {
-                Some((id, st)) => report(out, "status", &id, &st),
+                Some((id, st)) => {
+                    report(out, "status", &id, &st)?;
+                    // Scripts read the exit status: a finished run that left
+                    // something wrong is a failure.
+                    match st.trouble().filter(|_| finished) {
+                        Some(trouble) => Err(CliError::RunTrouble { run: id, trouble }),
+                        None => Ok(()),
+                    }
+                }
                 None => {
                     if out.json {
                         out.event("status", &serde_json::json!({"run": null}))?;

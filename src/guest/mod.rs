@@ -103,3 +103,19 @@ impl std::fmt::Display for Recovery {
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
+
+/// Deletes an image and its manifest (once its guest is back and checked),
+/// durably: the directory is synced after. A file already gone is fine.
+pub fn remove_image(image: &std::path::Path) -> Result<(), DurableError> {
+    for path in [image.to_owned(), crate::image::manifest_path(image)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DurableError::Io { path, source }),
+        }
+    }
+    match image.parent() {
+        Some(dir) => crate::durable::fsync_dir(dir),
+        None => Ok(()),
+    }
+}

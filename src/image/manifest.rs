@@ -105,6 +105,26 @@ impl DiskIdentity {
             ino,
         }
     }
+
+    /// What differs between this disk before maintenance and `now`, if
+    /// anything. The device number is left out for files and block devices
+    /// alike: a reboot may renumber devices (device-mapper does) while the
+    /// file (same inode on its filesystem) or device path stays the same.
+    pub fn differs_from(&self, now: &DiskIdentity) -> Option<String> {
+        let what = if self.path != now.path {
+            format!("path {:?} -> {:?}", self.path, now.path)
+        } else if self.kind != now.kind {
+            format!("{:?} -> {:?}", self.kind, now.kind).to_lowercase()
+        } else if self.kind == DiskKind::File && (self.ino, self.size) != (now.ino, now.size) {
+            format!(
+                "inode {:?} size {:?} -> inode {:?} size {:?}",
+                self.ino, self.size, now.ino, now.size
+            )
+        } else {
+            return None;
+        };
+        Some(format!("{}: {what}", self.vdev))
+    }
 }
 
 /// Why a manifest cannot be used.

@@ -198,6 +198,16 @@ impl Toolstack for Libxl {
         Ok(out)
     }
 
+    fn published_addresses(&self, domid: DomId) -> Result<Vec<std::net::IpAddr>> {
+        // No xenstored to read is no published address, not an error: the
+        // other sources still count.
+        let Some(xs) = super::Xenstore::open() else {
+            return Ok(Vec::new());
+        };
+        let attrs = xs.tree(&format!("/local/domain/{domid}/attr"), 4);
+        Ok(crate::address::published(&attrs))
+    }
+
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail> {
         let mut d = sys::libxl_dominfo::default();
         // SAFETY: d is a valid struct to initialise.

@@ -5,11 +5,13 @@ mod context;
 mod inventory;
 mod lifecycle;
 mod logger;
+mod xenstore;
 
 use std::ffi::CStr;
 
 pub use context::Context;
 pub use inventory::Libxl;
+pub use xenstore::Xenstore;
 
 use std::ffi::c_char;
 

@@ -8,12 +8,19 @@
 
 mod record;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub use record::{GuestState, Hypervisor, Outcome, Phase, Record, RunState, Step};
+pub use record::{
+    GuestState, Hypervisor, Observation, Outcome, Phase, Record, RunState, Step, Verification,
+};
+
+use crate::address;
+use crate::hooks;
+use crate::image::DiskIdentity;
 
 use crate::boot::{BootError, BootLoader};
 use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
@@ -54,6 +61,16 @@ pub enum SeqError {
     DrainFailed { failed: usize, outcome: String },
     #[error("{0} guest(s) could not be brought back: `xenmaint status` lists them")]
     Incomplete(usize),
+    #[error(
+        "THE PATCH DID NOT TAKE: Xen {booted} booted, not the patched hypervisor; every guest \
+         is back on it and the boot default stays {default}"
+    )]
+    PatchDidNotTake { booted: String, default: String },
+    #[error(
+        "{0} guest(s) are back but do not answer at their recorded addresses or have other \
+         disks: `xenmaint status` lists them"
+    )]
+    ChecksFailed(usize),
     #[error("{what} `{command}` failed: {detail}")]
     Command {
         what: &'static str,
@@ -68,6 +85,12 @@ pub enum SeqError {
 }
 
 pub type Result<T> = std::result::Result<T, SeqError>;
+
+/// How long one probe of an address waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Boot entries xenmaint adds to keep a hypervisor bootable.
+const FALLBACK_PREFIX: &str = "xenmaint-fallback-";
 
 /// Decides, for tests, where the run "dies". Called with a description of
 /// each journal write, before and after it.
@@ -153,15 +176,51 @@ impl<'a> Sequencer<'a> {
         ))
     }
 
-    /// Journals a record, with the failpoints either side of it.
+    /// Journals a record, with the failpoints either side of it. A record
+    /// that moves the run to a new phase also updates the run's status file
+    /// and runs the hooks.
     fn record(&self, run: &Run, rec: Record) -> Result<()> {
         let what = describe(&rec);
         self.crash_point(run, &format!("before {what}"))?;
-        run.journal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&rec)?;
-        self.crash_point(run, &format!("after {what}"))
+        let path = {
+            let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
+            journal.append(&rec)?;
+            journal.path().to_owned()
+        };
+        self.crash_point(run, &format!("after {what}"))?;
+        if rec.phase_boundary() {
+            let (_, records) = Journal::<Record>::read(&path)?;
+            if let Some(state) = RunState::replay(&records) {
+                self.phase_changed(run, &rec, &state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `<run>/status.json` (what `status --json` prints), then the hooks,
+    /// with the run id, the phase and that file's path in their environment.
+    fn phase_changed(&self, run: &Run, rec: &Record, state: &RunState) -> Result<()> {
+        let id = run
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let status = run.dir.join("status.json");
+        let json = serde_json::json!({"event": "status", "run": id, "state": state});
+        durable::replace(&status, json.to_string().as_bytes())?;
+        if !self.policy.hooks.is_empty() {
+            let env = [
+                ("XENMAINT_RUN", id),
+                ("XENMAINT_PHASE", rec.kind().to_owned()),
+                ("XENMAINT_STATUS", status.to_string_lossy().into_owned()),
+            ];
+            hooks::run_all(
+                &self.policy.hooks,
+                &env,
+                Duration::from_secs_f64(self.policy.hook_s),
+            );
+        }
+        Ok(())
     }
 
     fn crash_point(&self, run: &Run, at: &str) -> Result<()> {
@@ -332,6 +391,15 @@ impl<'a> Sequencer<'a> {
             Action::Shutdown => Step::Shutdown,
             Action::Skip => return Ok(true),
         };
+        if let Some(d) = self.find(g.uuid)? {
+            self.record(
+                run,
+                Record::Observed {
+                    uuid: g.uuid,
+                    observation: self.observe(d.domid),
+                },
+            )?;
+        }
         self.record(run, Record::Begin { uuid: g.uuid, step })?;
         let outcome = match self.find(g.uuid)?.map(|d| d.domid) {
             None => Err(format!("{} is no longer running", g.name)),
@@ -387,6 +455,97 @@ impl<'a> Sequencer<'a> {
         }
     }
 
+    /// Where a running guest answers and what its disks are, from every
+    /// source there is; a source that fails adds nothing (the others count).
+    fn observe(&self, domid: DomId) -> Observation {
+        let detail = self.ts.domain_detail(domid).ok();
+        let published = self.ts.published_addresses(domid).unwrap_or_default();
+        let nics = detail.as_ref().map_or(&[][..], |d| &d.nics[..]);
+        Observation {
+            addresses: address::collect(nics, &published, &self.facts.neighbours()),
+            disks: detail
+                .iter()
+                .flat_map(|d| d.disks.iter().filter(|d| !d.cdrom).map(DiskIdentity::of))
+                .collect(),
+        }
+    }
+
+    /// Checks a guest that is back against what was observed before its
+    /// step: its addresses answer (a cold booted guest gets `verify_s` to
+    /// boot), its disks are the same. Records the result; with
+    /// `keep_images` off, a guest that checks out loses its image.
+    fn verify(&self, run: &Run, state: &RunState, g: &PlannedGuest, domid: DomId) -> Result<()> {
+        let Some(before) = state.observed.get(&g.uuid) else {
+            return Ok(());
+        };
+        let now: Vec<DiskIdentity> = self
+            .ts
+            .domain_detail(domid)
+            .map(|d| {
+                d.disks
+                    .iter()
+                    .filter(|d| !d.cdrom)
+                    .map(DiskIdentity::of)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let disks_changed = before
+            .disks
+            .iter()
+            .filter_map(|b| match now.iter().find(|n| n.vdev == b.vdev) {
+                Some(n) => b.differs_from(n),
+                None => Some(format!("{}: gone", b.vdev)),
+            })
+            .collect();
+        let mut silent: Vec<IpAddr> = if self.policy.probe_addresses {
+            before.addresses.iter().map(|a| a.ip).collect()
+        } else {
+            Vec::new()
+        };
+        let mut answered = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs_f64(self.policy.verify_s);
+        loop {
+            silent.retain(|ip| {
+                let ok = self.facts.probe(*ip, PROBE_TIMEOUT);
+                if ok {
+                    answered.push(*ip);
+                }
+                !ok
+            });
+            if silent.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(PROBE_TIMEOUT);
+        }
+        let verification = Verification {
+            answered,
+            silent,
+            disks_changed,
+        };
+        if !verification.ok() {
+            log::error!(
+                "{}: back, but silent at {:?}, disks changed: {:?}",
+                g.name,
+                verification.silent,
+                verification.disks_changed
+            );
+        }
+        let ok = verification.ok();
+        self.record(
+            run,
+            Record::Verified {
+                uuid: g.uuid,
+                verification,
+            },
+        )?;
+        if ok && !self.policy.keep_images {
+            if let Some(image) = state.images.get(&g.uuid) {
+                guest::remove_image(image)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `<image_dir>/<run>/<uuid>.xl`: named by UUID, never by a guest's
     /// chosen name, and per run, so runs never collide.
     fn image_path(&self, run: &str, uuid: Uuid) -> PathBuf {
@@ -423,9 +582,16 @@ impl<'a> Sequencer<'a> {
             .clone()
             .ok_or_else(|| SeqError::NoFallback(current.id.clone()))?;
         let release = &state.hypervisor_before.release;
-        let fallback = format!("xenmaint-fallback-xen-{release}");
+        // The default may already be a copy kept by an earlier run (whose
+        // patch did not take): it is the fallback as it is.
+        let kept = current.id.starts_with(FALLBACK_PREFIX);
+        let fallback = if kept {
+            current.id.clone()
+        } else {
+            format!("{FALLBACK_PREFIX}xen-{release}")
+        };
         let copy = format!("/boot/xen-{release}-xenmaint-fallback.gz");
-        if !current.id.starts_with("xenmaint-fallback-") {
+        if !kept {
             self.boot.keep_entry(
                 &hv_file,
                 &copy,
@@ -523,6 +689,7 @@ impl<'a> Sequencer<'a> {
             )?;
         }
         let (_, state) = self.open_run(&id)?;
+        self.wait_for_bridges(&state);
         let left = self.bring_back_all(&run, &state)?;
         let outcome = if left > 0 {
             Outcome::Incomplete
@@ -536,7 +703,49 @@ impl<'a> Sequencer<'a> {
             return Err(SeqError::Incomplete(left));
         }
         let (_, state) = self.open_run(&id)?;
+        if let Some((hv, false)) = &state.booted {
+            return Err(SeqError::PatchDidNotTake {
+                booted: hv.release.clone(),
+                default: self.boot.default_entry()?.unwrap_or_default(),
+            });
+        }
+        let unchecked = state.verified.values().filter(|v| !v.ok()).count();
+        if unchecked > 0 {
+            return Err(SeqError::ChecksFailed(unchecked));
+        }
         Ok(Some((id, state)))
+    }
+
+    /// At boot the network may still be coming up: give the bridges the
+    /// guests plug into a while to appear (a vif on a missing bridge fails
+    /// its restore), then go on regardless; a guest that then fails is
+    /// cold booted or reported like any other.
+    fn wait_for_bridges(&self, state: &RunState) {
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs_f64(self.policy.bridge_wait_s);
+        let mut bridges: Vec<&str> = state
+            .plan
+            .guests
+            .iter()
+            .flat_map(|g| g.nics.iter().filter_map(|n| n.bridge.as_deref()))
+            .collect();
+        bridges.sort_unstable();
+        bridges.dedup();
+        loop {
+            let missing: Vec<&str> = bridges
+                .iter()
+                .copied()
+                .filter(|b| !self.facts.bridge_present(b))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                log::warn!("bridge(s) {} still missing: going on", missing.join(", "));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Brings the saved guests back without rebooting (before `reboot`).
@@ -608,7 +817,17 @@ impl<'a> Sequencer<'a> {
                 .cloned()
                 .unwrap_or(GuestState::Pending);
             let image = state.images.get(&g.uuid).cloned();
-            self.bring_back(run, g, &st, image)
+            if !self.bring_back(run, g, &st, image)? {
+                return Ok(false);
+            }
+            // Checked once per bring-back: a verification the journal
+            // already holds is not repeated by a second resume.
+            if !state.verified.contains_key(&g.uuid) || !matches!(st, GuestState::Back { .. }) {
+                if let Some(d) = self.find(g.uuid)? {
+                    self.verify(run, state, g, d.domid)?;
+                }
+            }
+            Ok(true)
         })
     }
 

@@ -5,8 +5,33 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::Address;
 use crate::domain::{DomId, Uuid};
+use crate::image::DiskIdentity;
 use crate::plan::{Action, Plan};
+
+/// A guest as it was before its step: where it answered and what its disks
+/// were, to be checked once it is back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub addresses: Vec<Address>,
+    pub disks: Vec<DiskIdentity>,
+}
+
+/// A guest once it is back: which recorded addresses answered, and which
+/// disks are not what they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub answered: Vec<std::net::IpAddr>,
+    pub silent: Vec<std::net::IpAddr>,
+    pub disks_changed: Vec<String>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.silent.is_empty() && self.disks_changed.is_empty()
+    }
+}
 
 /// A hypervisor build, as the run compares them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +60,10 @@ pub enum Record {
         hypervisor: Hypervisor,
         boot_default: Option<String>,
     },
+    Observed {
+        uuid: Uuid,
+        observation: Observation,
+    },
     Begin {
         uuid: Uuid,
         step: Step,
@@ -49,6 +78,10 @@ pub enum Record {
         uuid: Uuid,
         step: Step,
         error: String,
+    },
+    Verified {
+        uuid: Uuid,
+        verification: Verification,
     },
     Drained,
     Patched {
@@ -136,13 +169,31 @@ pub struct RunState {
     pub guests: BTreeMap<Uuid, GuestState>,
     /// The image each saved guest was saved to (kept past later steps).
     pub images: BTreeMap<Uuid, PathBuf>,
+    pub observed: BTreeMap<Uuid, Observation>,
+    pub verified: BTreeMap<Uuid, Verification>,
 }
 
 impl Record {
+    /// Whether this record starts a new phase of the run (hooks run then).
+    pub fn phase_boundary(&self) -> bool {
+        matches!(
+            self,
+            Record::Started { .. }
+                | Record::Drained
+                | Record::Patched { .. }
+                | Record::Rebooting { .. }
+                | Record::Booted { .. }
+                | Record::Halted { .. }
+                | Record::Finished { .. }
+        )
+    }
+
     /// A short name of the record, for logs and failpoints.
     pub fn kind(&self) -> &'static str {
         match self {
             Record::Started { .. } => "started",
+            Record::Observed { .. } => "observed",
+            Record::Verified { .. } => "verified",
             Record::Begin { .. } => "begin",
             Record::Done { .. } => "done",
             Record::Failed { .. } => "failed",
@@ -186,6 +237,8 @@ impl RunState {
             halted: None,
             outcome: None,
             images: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            verified: BTreeMap::new(),
         };
         for r in it {
             s.apply(r);
@@ -196,7 +249,15 @@ impl RunState {
     fn apply(&mut self, r: &Record) {
         match r {
             Record::Started { .. } => {}
+            Record::Observed { uuid, observation } => {
+                self.observed.insert(*uuid, observation.clone());
+            }
+            Record::Verified { uuid, verification } => {
+                self.verified.insert(*uuid, verification.clone());
+            }
             Record::Begin { uuid, step } => {
+                // A new step makes an earlier verification stale.
+                self.verified.remove(uuid);
                 self.guests
                     .insert(*uuid, GuestState::InStep { step: *step });
             }
@@ -263,6 +324,35 @@ impl RunState {
                 self.phase = Phase::Finished;
                 self.outcome = Some(*outcome);
             }
+        }
+    }
+
+    /// What went wrong in a finished or halted run, for an exit status.
+    pub fn trouble(&self) -> Option<String> {
+        if let Some(reason) = &self.halted {
+            return Some(format!("halted: {reason}"));
+        }
+        let failed = self
+            .guests
+            .values()
+            .filter(|g| matches!(g, GuestState::Failed { .. }))
+            .count();
+        if self.outcome == Some(Outcome::Incomplete) {
+            return Some(format!("{failed} guest(s) could not be brought back"));
+        }
+        let unverified = self.verified.values().filter(|v| !v.ok()).count();
+        if unverified > 0 {
+            return Some(format!(
+                "{unverified} guest(s) are back but failed their checks (silent addresses or \
+                 changed disks)"
+            ));
+        }
+        match &self.booted {
+            Some((hv, false)) => Some(format!(
+                "the patch did not take: Xen {} booted, not the patched hypervisor",
+                hv.release
+            )),
+            _ => None,
         }
     }
 

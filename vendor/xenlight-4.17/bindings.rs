@@ -159,6 +159,8 @@ pub const LIBXL_DOMAIN_SCHED_PARAM_EXTRATIME_DEFAULT: i32 = -1;
 pub const LIBXL_DOMAIN_SCHED_PARAM_BUDGET_DEFAULT: i32 = -1;
 pub const LIBXL_SCHED_PARAM_VCPU_INDEX_DEFAULT: i32 = -1;
 pub const LIBXL_CPUPOOL_POOLID_ANY: u32 = 4294967295;
+pub const XBT_NULL: u32 = 0;
+pub const XS_OPEN_READONLY: u32 = 1;
 pub type va_list = __builtin_va_list;
 pub type __off_t = ::std::os::raw::c_long;
 pub type __off64_t = ::std::os::raw::c_long;
@@ -8772,6 +8774,34 @@ unsafe extern "C" {
         dst: *mut *mut ::std::os::raw::c_char,
         src: *const *mut ::std::os::raw::c_char,
     );
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xs_handle {
+    _unused: [u8; 0],
+}
+pub type xs_transaction_t = u32;
+unsafe extern "C" {
+    pub fn xs_open(flags: ::std::os::raw::c_ulong) -> *mut xs_handle;
+}
+unsafe extern "C" {
+    pub fn xs_close(xsh: *mut xs_handle);
+}
+unsafe extern "C" {
+    pub fn xs_directory(
+        h: *mut xs_handle,
+        t: xs_transaction_t,
+        path: *const ::std::os::raw::c_char,
+        num: *mut ::std::os::raw::c_uint,
+    ) -> *mut *mut ::std::os::raw::c_char;
+}
+unsafe extern "C" {
+    pub fn xs_read(
+        h: *mut xs_handle,
+        t: xs_transaction_t,
+        path: *const ::std::os::raw::c_char,
+        len: *mut ::std::os::raw::c_uint,
+    ) -> *mut ::std::os::raw::c_void;
 }
 pub type __builtin_va_list = [__va_list_tag; 1usize];
 #[repr(C)]
