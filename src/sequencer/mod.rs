@@ -86,6 +86,9 @@ pub enum SeqError {
 
 pub type Result<T> = std::result::Result<T, SeqError>;
 
+/// Guests checked at once after they are back.
+const VERIFY_LANES: usize = 64;
+
 /// How long one probe of an address waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -200,11 +203,7 @@ impl<'a> Sequencer<'a> {
     /// `<run>/status.json` (what `status --json` prints), then the hooks,
     /// with the run id, the phase and that file's path in their environment.
     fn phase_changed(&self, run: &Run, rec: &Record, state: &RunState) -> Result<()> {
-        let id = run
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let id = run_id(run);
         let status = run.dir.join("status.json");
         let json = serde_json::json!({"event": "status", "run": id, "state": state});
         durable::replace(&status, json.to_string().as_bytes())?;
@@ -295,7 +294,7 @@ impl<'a> Sequencer<'a> {
             },
         )?;
 
-        let results = self.each_guest(&run, &plan.guests, false, |g| {
+        let results = self.each_guest(&run, &plan.guests, false, self.policy.concurrency, |g| {
             self.drain_guest(&run, &id, g)
         });
         let failed = results?;
@@ -339,13 +338,14 @@ impl<'a> Sequencer<'a> {
         self.policy.on_failure == plan::OnFailure::Rollback
     }
 
-    /// Runs `f` on every guest, `concurrency` at a time, in plan order (or
+    /// Runs `f` on every guest, `lanes` at a time, in plan order (or
     /// reverse). Returns how many failed; a crash stops everything.
     fn each_guest(
         &self,
         run: &Run,
         guests: &[PlannedGuest],
         reverse: bool,
+        lanes: usize,
         f: impl Fn(&PlannedGuest) -> Result<bool> + Sync,
     ) -> Result<usize> {
         let mut order: Vec<&PlannedGuest> = guests.iter().collect();
@@ -356,7 +356,7 @@ impl<'a> Sequencer<'a> {
         let failed = AtomicUsize::new(0);
         let crash: Mutex<Option<SeqError>> = Mutex::new(None);
         std::thread::scope(|s| {
-            for _ in 0..self.policy.concurrency.max(1).min(order.len().max(1)) {
+            for _ in 0..lanes.max(1).min(order.len().max(1)) {
                 s.spawn(|| loop {
                     if run.crashed.load(Ordering::SeqCst) {
                         return;
@@ -810,25 +810,31 @@ impl<'a> Sequencer<'a> {
 
     /// Brings back every guest that is not back; returns how many could not be.
     fn bring_back_all(&self, run: &Run, state: &RunState) -> Result<usize> {
-        self.each_guest(run, &state.plan.guests, true, |g| {
+        let lanes = self.policy.concurrency;
+        let failed = self.each_guest(run, &state.plan.guests, true, lanes, |g| {
             let st = state
                 .guests
                 .get(&g.uuid)
                 .cloned()
                 .unwrap_or(GuestState::Pending);
             let image = state.images.get(&g.uuid).cloned();
-            if !self.bring_back(run, g, &st, image)? {
-                return Ok(false);
-            }
-            // Checked once per bring-back: a verification the journal
-            // already holds is not repeated by a second resume.
-            if !state.verified.contains_key(&g.uuid) || !matches!(st, GuestState::Back { .. }) {
+            self.bring_back(run, g, &st, image)
+        })?;
+        // Then the checks, all guests at once: a probe costs nothing, and a
+        // guest still booting must not hold up another's restore. A check
+        // the journal already holds (for the guest as it runs now) is not
+        // repeated by a second resume.
+        let (_, now) = self.open_run(&run_id(run))?;
+        self.each_guest(run, &now.plan.guests, true, VERIFY_LANES, |g| {
+            let back = matches!(now.guests.get(&g.uuid), Some(GuestState::Back { .. }));
+            if back && !now.verified.contains_key(&g.uuid) {
                 if let Some(d) = self.find(g.uuid)? {
-                    self.verify(run, state, g, d.domid)?;
+                    self.verify(run, &now, g, d.domid)?;
                 }
             }
             Ok(true)
-        })
+        })?;
+        Ok(failed)
     }
 
     fn bring_back(
@@ -964,6 +970,14 @@ impl<'a> Sequencer<'a> {
     pub fn run_dir(&self, id: &str) -> PathBuf {
         self.runs_dir().join(id)
     }
+}
+
+/// A run's id: the name of its directory.
+fn run_id(run: &Run) -> String {
+    run.dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn back(uuid: Uuid, step: Step, domid: DomId) -> Record {
