@@ -1,16 +1,31 @@
-//! The administrator's policy file, `/etc/xenmaint/xenmaint.toml`, e.g.:
+//! The administrator's policy file, `/etc/xenmaint/xenmaint.toml`. Every key
+//! is optional; the defaults are shown:
 //!
 //! ```toml
-//! default_action = "save"      # or "shutdown"
-//! concurrency = 2
+//! default_action = "save"      # or "shutdown" (cold boot after the reboot)
+//! concurrency = 2              # guests saved or restored at once
 //! image_dir = "/var/lib/xenmaint/images"
-//! [guests.db-1]
-//! priority = 10                # back first after the reboot
+//! live = false                 # live save: the guest pauses only for the last round
+//! on_failure = "rollback"      # or "halt": what a failed drain does (never a reboot)
+//! keep_images = true           # false: delete an image once its guest is back and checked
+//! probe_addresses = true       # ICMP-probe each guest's recorded IPs once it is back
+//! verify_s = 120.0             # how long a guest that is back has to answer
+//! bridge_wait_s = 60.0         # how long resume waits at boot for the guests' bridges
+//! hooks = []                   # commands run at each phase, e.g. ["/usr/local/sbin/notify-owners"]
+//! hook_s = 60.0                # a hook running longer is killed (the run goes on)
+//! save_mib_s = 100.0           # for plan's estimates
+//! restore_mib_s = 100.0
+//! shutdown_s = 30.0
+//! [guests.db-1]                # by name or UUID
+//! priority = 10                # back first after the reboot (and saved last)
 //! [guests.gpu-worker]
 //! action = "shutdown"          # PCI passthrough cannot be saved
 //! ```
 //!
-//! Command-line flags override it.
+//! Hooks get XENMAINT_RUN (the run id), XENMAINT_PHASE (started, drained,
+//! patched, rebooting, booted, halted, finished) and XENMAINT_STATUS (a JSON
+//! file with the run's state, as `xenmaint status --json` prints it).
+//! Command-line flags override the file.
 
 use std::path::{Path, PathBuf};
 
@@ -71,7 +86,8 @@ mod tests {
         let p = t.path().join("x.toml");
         std::fs::write(
             &p,
-            "default_action = \"shutdown\"\nconcurrency = 4\n[guests.db-1]\npriority = 10\n\
+            "default_action = \"shutdown\"\nconcurrency = 4\nkeep_images = false\n\
+             hooks = [\"/usr/local/sbin/notify\"]\nverify_s = 30.0\n[guests.db-1]\npriority = 10\n\
              [guests.web-1]\naction = \"save\"\n",
         )
         .unwrap();
@@ -81,6 +97,9 @@ mod tests {
         assert_eq!(policy.guests["db-1"].priority, 10);
         assert_eq!(policy.guests["web-1"].action, Some(Action::Save));
         assert_eq!(policy.image_dir, Policy::default().image_dir);
+        assert!(!policy.keep_images && Policy::default().keep_images);
+        assert_eq!(policy.hooks, ["/usr/local/sbin/notify"]);
+        assert_eq!(policy.verify_s, 30.0);
     }
 
     #[test]
