@@ -20,31 +20,21 @@ use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer};
 use xenmaint::sim::{Fault, Sim, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
 
-/// A host with room for every image, whose guests answer every probe.
-struct Roomy;
-impl HostFacts for Roomy {
-    fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
-        Ok(1 << 40)
-    }
-    fn xendomains_conflict(&self) -> Option<String> {
-        None
-    }
-    fn neighbours(&self) -> Vec<Neighbour> {
-        Vec::new()
-    }
-    fn probe(&self, _: IpAddr, _: Duration) -> bool {
-        true
-    }
-}
-
-/// A host with a neighbour table, some addresses that never answer, and a
-/// record of every probe.
+/// A host with room for every image, a neighbour table, some addresses that
+/// never answer, and a record of every probe.
 #[derive(Default)]
 struct Probed {
     neighbours: Vec<Neighbour>,
     silent: Vec<IpAddr>,
     probes: Mutex<Vec<IpAddr>>,
 }
+/// The usual host: no neighbours to read, every address answers.
+static ROOMY: Probed = Probed {
+    neighbours: Vec::new(),
+    silent: Vec::new(),
+    probes: Mutex::new(Vec::new()),
+};
+
 impl HostFacts for Probed {
     fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
         Ok(1 << 40)
@@ -130,7 +120,7 @@ fn seq<'a>(
     Sequencer {
         ts,
         boot,
-        facts: &Roomy,
+        facts: &ROOMY,
         policy,
         state_dir: dir.join("state"),
         lock_path: dir.join("run/xenmaint.lock"),
@@ -379,7 +369,7 @@ fn hooks_run_at_every_phase_with_the_run_and_its_status_file() {
         ),
         "exit 1".into(), // a failing hook is logged; the run goes on
     ];
-    let (r, after) = cycle(t.path(), &h, &Roomy, &p);
+    let (r, after) = cycle(t.path(), &h, &ROOMY, &p);
     r.unwrap();
     let phases = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
