@@ -684,3 +684,127 @@ fn the_run_lock_refuses_a_second_run() {
     assert!(e.to_string().contains("another drain"), "{e}");
     let _unused: PathBuf = t.path().to_owned();
 }
+
+/// A toolstack call that fails, for one guest or for all, during the drain
+/// or during the resume: the run never reboots with a guest unaccounted
+/// for, says which guests it could not bring back, and once the fault is
+/// gone a `resume` brings every guest back exactly once.
+#[test]
+fn a_failing_toolstack_call_at_any_step_loses_no_guest() {
+    let drain_calls = [
+        Call::DomainDetail,
+        Call::PublishedAddresses,
+        Call::Save,
+        Call::Destroy,
+        Call::Resume,
+    ];
+    let resume_calls = [Call::Restore, Call::Create, Call::Unpause, Call::Destroy];
+    let (mut rolled_back, mut incomplete, mut refused) = (0, 0, 0);
+    for (call, at_drain) in drain_calls
+        .iter()
+        .map(|c| (*c, true))
+        .chain(resume_calls.iter().map(|c| (*c, false)))
+    {
+        for one_guest in [true, false] {
+            let ctx = format!(
+                "{call} failing for {} at {}",
+                if one_guest { "one guest" } else { "all" },
+                if at_drain { "drain" } else { "resume" }
+            );
+            let t = tempfile::tempdir().unwrap();
+            let h = host(t.path());
+            let ts = Sim::new(h.clone()).unwrap();
+            let want = guests(&ts);
+            let boot = boot_loader();
+            let domid = one_guest.then(|| ts.resolve(&"db-1".parse().unwrap()).unwrap().domid);
+            let fault = Fault {
+                call,
+                domid,
+                message: "injected".into(),
+            };
+            if at_drain {
+                ts.inject(fault.clone());
+            }
+            let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
+            let drained = s.drain();
+            ts.clear_faults();
+            let host_now = match drained {
+                Ok(_) => {
+                    s.reboot("true", None).unwrap();
+                    rebooted(&h, &boot)
+                }
+                Err(SeqError::DrainFailed { .. }) => {
+                    assert!(at_drain, "{ctx}: the drain failed");
+                    assert!(
+                        matches!(
+                            s.reboot("true", None),
+                            Err(SeqError::WrongPhase { .. } | SeqError::NoRun(_))
+                        ),
+                        "{ctx}: no reboot after a failed drain"
+                    );
+                    assert_all_back(&ts, &want, &format!("{ctx}: after the rollback"));
+                    rolled_back += 1;
+                    continue;
+                }
+                // Failing while planning: nothing was started or touched.
+                Err(SeqError::Toolstack(_)) if s.state().unwrap().is_none() => {
+                    assert_all_back(&ts, &want, &format!("{ctx}: refused before starting"));
+                    refused += 1;
+                    continue;
+                }
+                Err(e) => panic!("{ctx}: {e}"),
+            };
+            if !at_drain {
+                // Faults on the rebooted host hit the domains it creates.
+                host_now.inject(Fault {
+                    domid: None,
+                    ..fault
+                });
+            }
+            let s2 = seq(&host_now, &boot, t.path(), policy(t.path(), 2), &never);
+            match s2.resume() {
+                Ok(_) => {}
+                Err(SeqError::Incomplete(n)) => {
+                    assert!(n >= 1, "{ctx}");
+                    incomplete += 1;
+                    let (_, st) = s2.state().unwrap().unwrap();
+                    assert!(st.trouble().is_some(), "{ctx}");
+                }
+                Err(e) => panic!("{ctx}: resume: {e}"),
+            }
+            host_now.clear_faults();
+            s2.resume()
+                .unwrap_or_else(|e| panic!("{ctx}: resume once the fault is gone: {e}"));
+            assert_all_back(&host_now, &want, &ctx);
+        }
+    }
+    // Each way a run can end was taken by some fault.
+    assert!(
+        rolled_back > 0 && incomplete > 0 && refused > 0,
+        "{rolled_back} {incomplete} {refused}"
+    );
+}
+
+/// Many guests: every one drained, and back after the reboot, once.
+#[test]
+fn two_hundred_guests_go_and_come_back() {
+    let t = tempfile::tempdir().unwrap();
+    let h = common::many_guests(t.path(), 200);
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    assert_eq!(want.len(), 200);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 8), &never);
+    s.drain().unwrap();
+    assert!(guests(&ts).is_empty());
+    s.patch("true", "xen-new").unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    let (_, done) = seq(&after, &boot, t.path(), policy(t.path(), 8), &never)
+        .resume()
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert_eq!(done.verified.len(), 200);
+    assert_all_back(&after, &want, "200 guests");
+}

@@ -651,7 +651,9 @@ impl<'a> Sequencer<'a> {
             self.recover_unstarted()?;
             return Ok(None);
         };
-        if state.phase == Phase::Finished {
+        // A finished run is done, unless it left guests down: then resume
+        // tries them again (once whatever stopped them is fixed).
+        if state.phase == Phase::Finished && state.outcome != Some(Outcome::Incomplete) {
             return Ok(Some((id, state)));
         }
         let (run, _) = self.open_run(&id)?;
