@@ -81,6 +81,29 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: ProgressFn<'_>,
 ) -> Result<RestoreReport, OpError> {
+    match restore_once(ts, image, opts, progress) {
+        // The bytes read did not match, yet the file reads intact: the read
+        // failed, not the image. Once more, checked the same way (nothing
+        // runs before its checksum matched); a second failure stands.
+        Err(OpError::Image(ImageError::ChecksumMismatch { .. })) if verify(image).is_ok() => {
+            log::error!(
+                "{}: the stream read during the restore did not match its manifest, yet \
+                 the file reads intact now: reads from this storage are unreliable; \
+                 restoring once more",
+                image.display()
+            );
+            restore_once(ts, image, opts, progress)
+        }
+        other => other,
+    }
+}
+
+fn restore_once(
+    ts: &dyn Toolstack,
+    image: &Path,
+    opts: &RestoreOptions,
+    progress: ProgressFn<'_>,
+) -> Result<RestoreReport, OpError> {
     let manifest = Manifest::load_for(image)?;
     let file = File::open(image).map_err(ImageError::Io)?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -140,16 +163,6 @@ pub fn restore(
     if let Err(e) = check {
         // Nothing may run from an image that failed its checks.
         let _ = ts.destroy(domid);
-        if matches!(e, ImageError::ChecksumMismatch { .. }) && verify(image).is_ok() {
-            // The file reads intact now: what was read during the restore
-            // was not what is stored. Say so: that is the storage or the
-            // host's memory failing, not the image.
-            log::error!(
-                "{}: the stream read during the restore did not match its manifest, \
-                 yet the file reads intact now: reads from this storage are unreliable",
-                image.display()
-            );
-        }
         return Err(e.into());
     }
     if !opts.paused {
