@@ -55,6 +55,10 @@ pub trait BootLoader: Sync {
     /// copy with everything else as the entry that boots `hypervisor`.
     fn keep_entry(&self, hypervisor: &str, copy: &str, id: &str, title: &str) -> Result<()>;
 
+    /// The build-id of the hypervisor entry `id` boots, read from its image
+    /// (None when it cannot be known).
+    fn build_id_of(&self, id: &str) -> Result<Option<String>>;
+
     /// The entry named `name`, by id or title.
     fn find(&self, name: &str) -> Result<BootEntry> {
         self.entries()?
@@ -135,6 +139,13 @@ impl Grub {
 }
 
 impl BootLoader for Grub {
+    fn build_id_of(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .find(id)?
+            .hypervisor
+            .and_then(|h| crate::buildid::of_file(&self.host_path(&h))))
+    }
+
     fn entries(&self) -> Result<Vec<BootEntry>> {
         Ok(self
             .configs()?
@@ -299,6 +310,8 @@ pub struct MemoryBootState {
     pub next_entry: Option<String>,
     /// Entries added by keep_entry, as (id, copy of).
     pub kept: Vec<(String, String)>,
+    /// The build-id of the hypervisor each entry boots, where known.
+    pub build_ids: std::collections::BTreeMap<String, String>,
 }
 
 impl MemoryBoot {
@@ -316,6 +329,11 @@ impl MemoryBoot {
 impl BootLoader for MemoryBoot {
     fn entries(&self) -> Result<Vec<BootEntry>> {
         Ok(self.lock().entries.clone())
+    }
+
+    fn build_id_of(&self, id: &str) -> Result<Option<String>> {
+        self.find(id)?;
+        Ok(self.lock().build_ids.get(id).cloned())
     }
 
     fn default_entry(&self) -> Result<Option<String>> {

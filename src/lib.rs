@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod boot;
+pub mod buildid;
 pub mod cli;
 pub mod config;
 pub mod domain;

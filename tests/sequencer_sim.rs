@@ -85,6 +85,12 @@ fn boot_loader() -> MemoryBoot {
         },
     ];
     b.commit("xen").unwrap();
+    // What rebooted() boots for xen-new: the build the patched image holds.
+    b.state
+        .lock()
+        .unwrap()
+        .build_ids
+        .insert("xen-new".into(), "77777777".into());
     b
 }
 
@@ -190,6 +196,7 @@ fn the_whole_cycle_brings_every_guest_back_on_the_patched_hypervisor() {
     let s2 = seq(&after, &boot, t.path(), policy(t.path(), 2), &never);
     let (_, done) = s2.resume().unwrap().unwrap();
     assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert_eq!(done.expect_build_id.as_deref(), Some("77777777"));
     assert!(done.booted.as_ref().unwrap().1, "patch took");
     assert_eq!(
         boot.default_entry().unwrap().as_deref(),
@@ -807,4 +814,42 @@ fn two_hundred_guests_go_and_come_back() {
     assert_eq!(done.outcome, Some(Outcome::Resumed));
     assert_eq!(done.verified.len(), 200);
     assert_all_back(&after, &want, "200 guests");
+}
+
+/// The patched entry's image says which build it is: another build booting
+/// (say the entry was rewritten between patch and reboot) is not the patch;
+/// neither is a "patch" whose entry boots the very build that ran before.
+#[test]
+fn only_the_patched_build_counts_as_the_patch() {
+    for (patched_build, took) in [("77777777", true), ("88888888", false), ("55555555", false)] {
+        let t = tempfile::tempdir().unwrap();
+        let mut h = host(t.path());
+        h.hypervisor.build_id = Some("55555555".into());
+        let ts = Sim::new(h.clone()).unwrap();
+        let boot = boot_loader();
+        boot.state
+            .lock()
+            .unwrap()
+            .build_ids
+            .insert("xen-new".into(), patched_build.into());
+        let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
+        s.drain().unwrap();
+        s.patch("true", "xen-new").unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot); // boots build 77777777
+        let s2 = seq(&after, &boot, t.path(), policy(t.path(), 2), &never);
+        let r = s2.resume();
+        assert_eq!(r.is_ok(), took, "{patched_build}: {r:?}");
+        let (_, st) = s2.state().unwrap().unwrap();
+        assert_eq!(st.booted.unwrap().1, took, "{patched_build}");
+        assert_eq!(
+            boot.default_entry().unwrap().as_deref() == Some("xen-new"),
+            took
+        );
+        assert_eq!(
+            guests(&after).len(),
+            3,
+            "{patched_build}: every guest back either way"
+        );
+    }
 }

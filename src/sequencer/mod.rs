@@ -626,6 +626,10 @@ impl<'a> Sequencer<'a> {
         }
         let (run, _) = self.open_run(&id)?;
         let patched = state.phase == Phase::Patched;
+        let expect_build_id = match (&state.patched_entry, patched) {
+            (Some(entry), true) => self.boot.build_id_of(entry)?,
+            _ => None,
+        };
         self.record(
             &run,
             Record::Rebooting {
@@ -635,6 +639,7 @@ impl<'a> Sequencer<'a> {
                     None
                 },
                 expect_release: expect_release.map(str::to_owned),
+                expect_build_id,
             },
         )?;
         drop(lock);
@@ -659,11 +664,19 @@ impl<'a> Sequencer<'a> {
         let (run, _) = self.open_run(&id)?;
         if state.phase == Phase::Rebooting {
             let now = self.hypervisor()?;
-            let differs = match (&state.expect_not_build_id, &now.build_id) {
+            // A build other than the one that ran before, and, when the
+            // patched image told us its build-id, exactly that build.
+            let is_new = match (&state.expect_not_build_id, &now.build_id) {
                 (Some(before), Some(now)) => before != now,
                 (Some(_), None) => now.release != state.hypervisor_before.release,
                 (None, _) => true,
             };
+            let is_expected = match (&state.expect_build_id, &now.build_id) {
+                (Some(want), Some(now)) => want == now,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            let differs = is_new && is_expected;
             let release_ok = state
                 .expect_release
                 .as_deref()
@@ -675,10 +688,14 @@ impl<'a> Sequencer<'a> {
                 }
             } else {
                 log::error!(
-                    "THE PATCH DID NOT TAKE: Xen {} ({}) booted, not the patched hypervisor; \
-                     the boot default stays {}; bringing every guest back on it",
+                    "THE PATCH DID NOT TAKE: Xen {} ({}) booted, not the patched hypervisor \
+                     ({}); the boot default stays {}; bringing every guest back on it",
                     now.release,
                     now.build_id.as_deref().unwrap_or("no build-id"),
+                    state
+                        .expect_build_id
+                        .as_deref()
+                        .unwrap_or("build-id unknown"),
                     self.boot.default_entry()?.unwrap_or_default()
                 );
             }

@@ -91,6 +91,9 @@ pub enum Record {
     Rebooting {
         expect_not_build_id: Option<String>,
         expect_release: Option<String>,
+        /// The build-id read from the patched entry's hypervisor image.
+        #[serde(default)]
+        expect_build_id: Option<String>,
     },
     Booted {
         hypervisor: Hypervisor,
@@ -163,6 +166,7 @@ pub struct RunState {
     pub fallback_entry: Option<String>,
     pub expect_not_build_id: Option<String>,
     pub expect_release: Option<String>,
+    pub expect_build_id: Option<String>,
     pub booted: Option<(Hypervisor, bool)>,
     pub halted: Option<String>,
     pub outcome: Option<Outcome>,
@@ -233,6 +237,7 @@ impl RunState {
             fallback_entry: None,
             expect_not_build_id: None,
             expect_release: None,
+            expect_build_id: None,
             booted: None,
             halted: None,
             outcome: None,
@@ -304,10 +309,12 @@ impl RunState {
             Record::Rebooting {
                 expect_not_build_id,
                 expect_release,
+                expect_build_id,
             } => {
                 self.phase = Phase::Rebooting;
                 self.expect_not_build_id = expect_not_build_id.clone();
                 self.expect_release = expect_release.clone();
+                self.expect_build_id = expect_build_id.clone();
             }
             Record::Booted {
                 hypervisor,
