@@ -19,3 +19,5 @@ pub const TIMEOUT: i32 = 6;
 pub const PLAN_BLOCKED: i32 = 7;
 /// Another xenmaint run holds the host's lock.
 pub const LOCKED: i32 = 8;
+/// Stopped by SIGINT or SIGTERM at a consistent point (128 + SIGINT).
+pub const INTERRUPTED: i32 = 130;

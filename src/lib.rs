@@ -19,6 +19,7 @@ pub mod exit;
 pub mod guest;
 pub mod hooks;
 pub mod image;
+pub mod interrupt;
 pub mod journal;
 pub mod libxl;
 pub mod lock;

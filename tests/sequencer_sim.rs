@@ -132,8 +132,11 @@ fn seq<'a>(
         lock_path: dir.join("run/xenmaint.lock"),
         power: power(),
         failpoint,
+        stop: &NO_STOP,
     }
 }
+
+static NO_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// name -> (uuid, MACs) of the guests (dom0 excluded).
 fn guests(ts: &dyn Toolstack) -> BTreeMap<String, (Uuid, Vec<String>)> {
@@ -852,4 +855,86 @@ fn only_the_patched_build_counts_as_the_patch() {
             "{patched_build}: every guest back either way"
         );
     }
+}
+
+/// SIGINT/SIGTERM (the stop flag): the step in progress finishes, no new one
+/// starts, and the journal is left where `rollback` or `resume` go on.
+#[test]
+fn a_stop_request_ends_drain_and_resume_at_a_consistent_point() {
+    use std::sync::atomic::AtomicBool;
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let stop = AtomicBool::new(false);
+    // The signal arrives while the first save is under way.
+    let signal = |w: &str| {
+        if w.starts_with("before done Save") {
+            stop.store(true, Ordering::SeqCst);
+        }
+        false
+    };
+    let s = Sequencer {
+        stop: &stop,
+        ..seq(&ts, &boot, t.path(), policy(t.path(), 1), &signal)
+    };
+    let e = s.drain().unwrap_err();
+    assert!(matches!(e, SeqError::Interrupted(Phase::Halted)), "{e}");
+    let (_, st) = s.state().unwrap().unwrap();
+    assert_eq!(st.phase, Phase::Halted);
+    let saved = st
+        .guests
+        .values()
+        .filter(|g| matches!(g, GuestState::Saved { .. }))
+        .count();
+    let pending = st
+        .guests
+        .values()
+        .filter(|g| **g == GuestState::Pending)
+        .count();
+    assert_eq!(
+        (saved, pending),
+        (1, 2),
+        "the save in progress finished; no other began"
+    );
+    assert_eq!(guests(&ts).len(), 2, "the others run on");
+    assert!(matches!(
+        s.reboot("true", None),
+        Err(SeqError::WrongPhase { .. })
+    ));
+    seq(&ts, &boot, t.path(), policy(t.path(), 1), &never)
+        .rollback()
+        .unwrap();
+    assert_all_back(&ts, &want, "after rollback of an interrupted drain");
+
+    // The same during a resume after the reboot: stopped before it finished,
+    // the next resume brings back the rest.
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    stop.store(false, Ordering::SeqCst);
+    let signal = |w: &str| {
+        if w.starts_with("after done Restore") {
+            stop.store(true, Ordering::SeqCst);
+        }
+        false
+    };
+    let e = Sequencer {
+        stop: &stop,
+        ..seq(&after, &boot, t.path(), policy(t.path(), 1), &signal)
+    }
+    .resume()
+    .unwrap_err();
+    assert!(matches!(e, SeqError::Interrupted(_)), "{e}");
+    assert_eq!(guests(&after).len(), 1, "one guest back, then it stopped");
+    let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
+    assert_ne!(s2.state().unwrap().unwrap().1.phase, Phase::Finished);
+    s2.resume().unwrap();
+    assert_all_back(&after, &want, "after the interrupted resume was resumed");
 }

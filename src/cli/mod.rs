@@ -192,6 +192,25 @@ pub enum Verb {
     Unpause { domain: DomainRef },
 }
 
+impl Verb {
+    /// Verbs whose steps must not be cut half way (a save cut short leaves
+    /// its guest suspended): SIGINT/SIGTERM let the step in progress finish.
+    /// The others (listing, waiting) stop at once as usual.
+    fn takes_steps(&self) -> bool {
+        matches!(
+            self,
+            Verb::Save { .. }
+                | Verb::Restore { .. }
+                | Verb::Drain { .. }
+                | Verb::Patch { .. }
+                | Verb::Resume
+                | Verb::Rollback
+                | Verb::Run { .. }
+                | Verb::Reboot { host: true, .. }
+        )
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
     /// Wait until the guest is down (shutdown) or back up (reboot).
@@ -282,6 +301,7 @@ impl CliError {
                 return exit::PLAN_BLOCKED
             }
             CliError::Run(crate::sequencer::SeqError::Lock(_)) => return exit::LOCKED,
+            CliError::Run(crate::sequencer::SeqError::Interrupted(_)) => return exit::INTERRUPTED,
             CliError::Run(crate::sequencer::SeqError::Toolstack(e)) => e,
             CliError::StatusTimeout(_) => return exit::TIMEOUT,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
@@ -320,6 +340,11 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&args);
+    if args.verb.takes_steps() {
+        if let Err(e) = crate::interrupt::install() {
+            log::warn!("cannot handle SIGINT/SIGTERM ({e}): a signal ends xenmaint at once");
+        }
+    }
     match run(&args, Box::new(io::stdout())) {
         Ok(()) => exit::SUCCESS,
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => exit::SUCCESS,
@@ -439,6 +464,13 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?;
             run::drain(&ctx, &out)?;
             run::patch(&ctx, patch_cmd, boot_entry, &out)?;
+            if crate::interrupt::requested() {
+                // Patched, not rebooted: `reboot --host` or `rollback` next.
+                return Err(crate::sequencer::SeqError::Interrupted(
+                    crate::sequencer::Phase::Patched,
+                )
+                .into());
+            }
             if !no_reboot {
                 run::reboot_host(&ctx, host_args, &out)?;
             }

@@ -66,6 +66,7 @@ fn sequencer<'a>(ctx: &'a Context<'a>) -> Sequencer<'a> {
             reap_grace: Duration::from_secs(5),
         },
         failpoint: &no_failpoint,
+        stop: crate::interrupt::flag(),
     }
 }
 

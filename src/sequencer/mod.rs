@@ -79,6 +79,11 @@ pub enum SeqError {
     },
     #[error("the booted boot entry has no hypervisor image to keep as a fallback: {0}")]
     NoFallback(String),
+    #[error(
+        "interrupted: the step in progress was finished and the run stopped at {0:?}; \
+         `xenmaint status` shows where, `resume` or `rollback` goes on from there"
+    )]
+    Interrupted(Phase),
     /// A failpoint fired: the run stops as if the process had died here.
     #[error("simulated crash at {0}")]
     Crashed(String),
@@ -111,6 +116,8 @@ pub struct Sequencer<'a> {
     /// What shutdown and reboot requests may take.
     pub power: PowerOptions,
     pub failpoint: Failpoint<'a>,
+    /// Set (by SIGINT/SIGTERM) to stop starting new steps.
+    pub stop: &'a AtomicBool,
 }
 
 /// The run being worked on: its journal and where it lives.
@@ -298,6 +305,17 @@ impl<'a> Sequencer<'a> {
             self.drain_guest(&run, &id, g)
         });
         let failed = results?;
+        if self.stop.load(Ordering::SeqCst) {
+            // Guests saved so far stay saved, the others run on: rollback
+            // brings the saved ones back.
+            self.record(
+                &run,
+                Record::Halted {
+                    reason: "interrupted (SIGINT/SIGTERM) during the drain".into(),
+                },
+            )?;
+            return Err(SeqError::Interrupted(Phase::Halted));
+        }
         if failed == 0 {
             self.record(&run, Record::Drained)?;
         } else if self.policy_rolls_back() {
@@ -358,7 +376,7 @@ impl<'a> Sequencer<'a> {
         std::thread::scope(|s| {
             for _ in 0..lanes.max(1).min(order.len().max(1)) {
                 s.spawn(|| loop {
-                    if run.crashed.load(Ordering::SeqCst) {
+                    if run.crashed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -710,6 +728,11 @@ impl<'a> Sequencer<'a> {
         let (_, state) = self.open_run(&id)?;
         self.wait_for_bridges(&state);
         let left = self.bring_back_all(&run, &state)?;
+        if self.stop.load(Ordering::SeqCst) {
+            // Not finished: the next resume brings back the rest.
+            let (_, now) = self.open_run(&id)?;
+            return Err(SeqError::Interrupted(now.phase));
+        }
         let outcome = if left > 0 {
             Outcome::Incomplete
         } else if state.phase >= Phase::Rebooting {
