@@ -303,6 +303,27 @@ pub struct Disk {
     pub backend_domid: DomId,
 }
 
+/// libxl's device list reads a disk's backend, which does not record its
+/// format ("unknown"); the domain's stored config does. Fills it in by vdev.
+pub fn formats_from_config(disks: &mut [Disk], config: &serde_json::Value) {
+    let configured = config["disks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for disk in disks
+        .iter_mut()
+        .filter(|d| d.format.is_empty() || d.format == "unknown")
+    {
+        if let Some(format) = configured
+            .iter()
+            .find(|c| c["vdev"].as_str() == Some(disk.vdev.as_str()))
+            .and_then(|c| c["format"].as_str())
+        {
+            disk.format = format.to_ascii_lowercase();
+        }
+    }
+}
+
 /// Everything `info` shows about one domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainDetail {
@@ -349,6 +370,31 @@ pub struct PhysInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_disk_format_comes_from_the_stored_config() {
+        let disk = |vdev: &str, format: &str| Disk {
+            path: Some(format!("/img/{vdev}")),
+            vdev: vdev.into(),
+            format: format.into(),
+            backend: "phy".into(),
+            readwrite: true,
+            cdrom: false,
+            backend_domid: 0,
+        };
+        let mut disks = vec![
+            disk("xvda", "unknown"),
+            disk("xvdb", "qcow2"),
+            disk("xvdc", "unknown"),
+        ];
+        let config = serde_json::json!({"disks": [
+            {"vdev": "xvda", "format": "raw"},
+            {"vdev": "xvdb", "format": "raw"},
+        ]});
+        formats_from_config(&mut disks, &config);
+        let got: Vec<&str> = disks.iter().map(|d| d.format.as_str()).collect();
+        assert_eq!(got, ["raw", "qcow2", "unknown"]);
+    }
 
     #[test]
     fn domain_ref_numbers_are_ids_and_the_rest_names() {

@@ -229,11 +229,16 @@ impl Toolstack for Libxl {
                 })
             }
         };
+        let config = self.config(domid)?;
+        let mut disks = self.disks(domid);
+        if let Some(config) = &config {
+            crate::domain::formats_from_config(&mut disks, config);
+        }
         Ok(DomainDetail {
             info,
             nics: self.nics(domid),
-            disks: self.disks(domid),
-            config: self.config(domid)?,
+            disks,
+            config,
         })
     }
 

@@ -143,7 +143,7 @@ PY
 }
 
 # Check `xenmaint list --json` (JSON Lines) shows dom0 and every running guest with its
-# uuid, MAC, IP, bridge and disk path.
+# uuid, MAC, IP, bridge and disk path and format.
 check_xm_list() {
   local out=$NESTED_RESULTS/boot-$NESTED_BOOT-xenmaint-list.jsonl
   xenmaint list --json > "$out" 2> "$out.stderr" || { cat "$out.stderr"; return 1; }
@@ -171,8 +171,8 @@ for line in open(sys.argv[2]):
     if not any(str(n.get("mac", "")).lower() == mac and n.get("ip") == ip and n.get("bridge") == "xenbr0" for n in nics):
         bad.append(f"{name}: no nic with mac={mac} ip={ip} bridge=xenbr0 in {nics}")
     disks = d.get("disks") or []
-    if not any(k.get("path") == f"/var/lib/xen-guests/{name}.img" for k in disks):
-        bad.append(f"{name}: no disk /var/lib/xen-guests/{name}.img in {disks}")
+    if not any(k.get("path") == f"/var/lib/xen-guests/{name}.img" and k.get("format") == "raw" for k in disks):
+        bad.append(f"{name}: no raw disk /var/lib/xen-guests/{name}.img in {disks}")
     print(f"xenmaint list: {name} domid={d.get('domid')} state={d.get('state')} nics={len(nics)} disks={len(disks)}")
 for b in bad:
     print("xenmaint list:", b)
