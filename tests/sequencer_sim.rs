@@ -16,7 +16,7 @@ use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::domain::{DomainState, Uuid};
 use xenmaint::guest::PowerOptions;
 use xenmaint::plan::{Action, GuestPolicy, HostFacts, OnFailure, Policy};
-use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer};
+use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer, Step};
 use xenmaint::sim::{Fault, Sim, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
 
@@ -907,6 +907,21 @@ fn a_stop_request_ends_drain_and_resume_at_a_consistent_point() {
         .rollback()
         .unwrap();
     assert_all_back(&ts, &want, "after rollback of an interrupted drain");
+    let (_, st) = s.state().unwrap().unwrap();
+    let mut steps: Vec<Step> = st
+        .guests
+        .values()
+        .map(|g| match g {
+            GuestState::Back { step, .. } => *step,
+            other => panic!("not back: {other:?}"),
+        })
+        .collect();
+    steps.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        steps,
+        [Step::Kept, Step::Kept, Step::Restore],
+        "the two never stopped"
+    );
 
     // The same during a resume after the reboot: stopped before it finished,
     // the next resume brings back the rest.

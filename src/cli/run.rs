@@ -9,7 +9,7 @@ use crate::boot::{BootLoader, Grub};
 use crate::domain::printable;
 use crate::guest::PowerOptions;
 use crate::plan::{HostFacts, Policy, RealHost};
-use crate::sequencer::{GuestState, Phase, RunState, Sequencer, Verification};
+use crate::sequencer::{GuestState, Phase, RunState, Sequencer, Step, Verification};
 use crate::toolstack::Toolstack;
 
 /// What every run verb needs, from the command line.
@@ -136,6 +136,10 @@ fn describe(st: &GuestState) -> String {
         GuestState::InStep { step } => format!("in {step:?}").to_lowercase(),
         GuestState::Saved { image } => format!("saved to {}", image.display()),
         GuestState::ShutDown => "shut down".into(),
+        GuestState::Back {
+            domid,
+            step: Step::Kept,
+        } => format!("kept running as domain {domid}"),
         GuestState::Back { domid, step } => {
             format!(
                 "back as domain {domid} ({})",

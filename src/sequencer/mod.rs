@@ -892,9 +892,14 @@ impl<'a> Sequencer<'a> {
         // What is really there decides, whatever the journal last said.
         match self.find(g.uuid)? {
             Some(d) if matches!(d.state, DomainState::Running | DomainState::Blocked) => {
-                if !matches!(st, GuestState::Back { .. }) {
-                    self.record(run, back(g.uuid, Step::Restore, d.domid))?;
-                }
+                let how = match st {
+                    GuestState::Back { .. } => return Ok(true),
+                    // Stopped by the run, then brought back by someone else.
+                    GuestState::Saved { .. } => Step::Restore,
+                    GuestState::ShutDown => Step::ColdBoot,
+                    _ => Step::Kept,
+                };
+                self.record(run, back(g.uuid, how, d.domid))?;
                 return Ok(true);
             }
             Some(d) if d.shutdown_reason == Some(ShutdownReason::Suspend) => {

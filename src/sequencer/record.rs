@@ -48,6 +48,9 @@ pub enum Step {
     Shutdown,
     Restore,
     ColdBoot,
+    /// The guest never stopped (not drained yet, or its save failed and it
+    /// was resumed): back without a step of its own.
+    Kept,
 }
 
 /// A journal record. Every step is recorded before (`Begin`) and after
