@@ -953,3 +953,42 @@ fn a_stop_request_ends_drain_and_resume_at_a_consistent_point() {
     s2.resume().unwrap();
     assert_all_back(&after, &want, "after the interrupted resume was resumed");
 }
+
+#[test]
+fn prune_deletes_old_finished_runs_images_only() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let p = policy(t.path(), 2);
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let (r, _) = cycle(t.path(), &h, &ROOMY, &p);
+        let (id, st) = r.unwrap().unwrap();
+        assert_eq!(st.images.len(), 3);
+        finished.push((id, st));
+    }
+    // A fourth run, drained and not resumed: its images are its guests.
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    let (open_id, open_run) = s.drain().unwrap();
+
+    let pruned = s.prune(1).unwrap();
+    assert_eq!(pruned.images, 6, "{pruned:?}");
+    assert_eq!(pruned.runs.len(), 2);
+    for (i, (id, st)) in finished.iter().enumerate() {
+        let kept = i == 2;
+        assert_eq!(pruned.runs.contains(id), !kept, "{id}");
+        for image in st.images.values() {
+            assert_eq!(image.exists(), kept, "{}", image.display());
+            assert_eq!(xenmaint::image::manifest_path(image).exists(), kept);
+        }
+        assert!(s.run_dir(id).join("journal").exists(), "journals stay");
+    }
+    assert!(pruned.kept.contains(&open_id));
+    assert!(
+        open_run.images.values().all(|p| p.exists()),
+        "an open run keeps its images"
+    );
+    // Nothing more to do the second time.
+    assert_eq!(s.prune(1).unwrap().images, 0);
+}

@@ -154,6 +154,13 @@ pub enum Verb {
     Resume,
     /// Bring the saved guests back without rebooting.
     Rollback,
+    /// Delete the images of finished runs but the newest ones (journals
+    /// stay). Runs not finished, or that left a guest down, keep theirs.
+    Prune {
+        /// Finished runs whose images are kept.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        keep: usize,
+    },
     /// The current or last maintenance run, per guest.
     Status {
         /// Wait until the run has finished (for scripts).
@@ -450,6 +457,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         }
         Verb::Resume => run::resume(&run::context(args, ts, sim, None)?, false, &out)?,
         Verb::Rollback => run::resume(&run::context(args, ts, sim, None)?, true, &out)?,
+        Verb::Prune { keep } => run::prune(&run::context(args, ts, sim, None)?, *keep, &out)?,
         Verb::Status { wait, timeout } => {
             run::status(&run::context(args, ts, sim, None)?, *wait, *timeout, &out)?
         }

@@ -235,3 +235,19 @@ pub fn status(ctx: &Context<'_>, wait: bool, timeout: u64, out: &Output) -> Resu
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+pub fn prune(ctx: &Context<'_>, keep: usize, out: &Output) -> Result<(), CliError> {
+    let p = sequencer(ctx).prune(keep)?;
+    if out.json {
+        out.event("pruned", &p)?;
+    } else {
+        out.line(&format!(
+            "deleted {} image(s), {} MiB, of {} run(s); kept the images of {} run(s)",
+            p.images,
+            p.bytes >> 20,
+            p.runs.len(),
+            p.kept.len()
+        ))?;
+    }
+    Ok(())
+}
