@@ -76,6 +76,24 @@ impl HostLock {
         })
     }
 
+    /// Whether a live xenmaint process holds (or last held) the lock at
+    /// `path`, judged from the pid it wrote there: no locking, so a run
+    /// starting at that moment is never disturbed.
+    pub fn holder_alive(path: &Path) -> bool {
+        let Ok(note) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let Some(pid) = note
+            .strip_prefix("pid ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "xenmaint")
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -84,6 +102,19 @@ impl HostLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_file_of_a_dead_or_foreign_process_has_no_live_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("lock");
+        assert!(!HostLock::holder_alive(&p), "no file");
+        std::fs::write(&p, "pid 1 (init is not xenmaint)\n").unwrap();
+        assert!(!HostLock::holder_alive(&p));
+        std::fs::write(&p, "pid 4294967295 (gone)\n").unwrap();
+        assert!(!HostLock::holder_alive(&p));
+        std::fs::write(&p, "garbage").unwrap();
+        assert!(!HostLock::holder_alive(&p));
+    }
 
     #[test]
     fn a_second_run_is_refused_and_told_who_holds_the_lock() {

@@ -203,6 +203,38 @@ fn hostile_names_cannot_break_tables_or_json() {
     let recs = json_lines(&run(&["--sim", h, "list", "--json"]).stdout);
     assert_eq!(recs[1]["name"], evil, "JSON keeps the exact name");
     assert_eq!(run(&["--sim", h, "info", evil]).code, 0);
+
+    // A long name full of path syntax is never a path: the image is named
+    // by the guest's UUID, inside the image directory.
+    let long = format!("../../{}/x", "a/..".repeat(30));
+    assert!(long.len() > 64);
+    let host = custom_host(dir.path(), |h| {
+        h["domains"][1]["name"] = long.clone().into()
+    });
+    let h = host.to_str().unwrap();
+    let images = dir.path().join("images");
+    let r = run(&[
+        "--sim",
+        h,
+        "save",
+        &long,
+        "--image-dir",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let uuid = json_lines(&run(&["--sim", h, "list", "--json"]).stdout)[1]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut files: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [format!("{uuid}.manifest.json"), format!("{uuid}.xl")]
+    );
 }
 
 #[test]
@@ -402,6 +434,18 @@ fn drain_status_resume_on_the_simulator_with_exit_codes() {
     let drained = &json_lines(&r.stdout)[0];
     assert_eq!(drained["event"], "drained");
     assert_eq!(drained["state"]["phase"], "drained");
+
+    // Nobody works on the drained run: --wait says so instead of waiting
+    // out its timeout.
+    let t0 = std::time::Instant::now();
+    let r = base(&["status", "--wait", "--idle-grace", "1", "--timeout", "60"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no xenmaint is working on it"),
+        "{}",
+        r.stderr
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
 
     // A second drain while this run is open is refused.
     assert_eq!(

@@ -857,6 +857,20 @@ fn only_the_patched_build_counts_as_the_patch() {
     }
 }
 
+/// A failpoint that never crashes but raises `stop` (as the first SIGINT
+/// would) at the journal write starting with `at`.
+fn signal_at<'a>(
+    stop: &'a std::sync::atomic::AtomicBool,
+    at: &'a str,
+) -> impl Fn(&str) -> bool + Sync + 'a {
+    move |w| {
+        if w.starts_with(at) {
+            stop.store(true, Ordering::SeqCst);
+        }
+        false
+    }
+}
+
 /// SIGINT/SIGTERM (the stop flag): the step in progress finishes, no new one
 /// starts, and the journal is left where `rollback` or `resume` go on.
 #[test]
@@ -869,12 +883,7 @@ fn a_stop_request_ends_drain_and_resume_at_a_consistent_point() {
     let boot = boot_loader();
     let stop = AtomicBool::new(false);
     // The signal arrives while the first save is under way.
-    let signal = |w: &str| {
-        if w.starts_with("before done Save") {
-            stop.store(true, Ordering::SeqCst);
-        }
-        false
-    };
+    let signal = signal_at(&stop, "before done Save");
     let s = Sequencer {
         stop: &stop,
         ..seq(&ts, &boot, t.path(), policy(t.path(), 1), &signal)
@@ -934,12 +943,7 @@ fn a_stop_request_ends_drain_and_resume_at_a_consistent_point() {
     s.reboot("true", None).unwrap();
     let after = rebooted(&h, &boot);
     stop.store(false, Ordering::SeqCst);
-    let signal = |w: &str| {
-        if w.starts_with("after done Restore") {
-            stop.store(true, Ordering::SeqCst);
-        }
-        false
-    };
+    let signal = signal_at(&stop, "after done Restore");
     let e = Sequencer {
         stop: &stop,
         ..seq(&after, &boot, t.path(), policy(t.path(), 1), &signal)

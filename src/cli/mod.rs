@@ -169,6 +169,10 @@ pub enum Verb {
         /// Seconds to wait.
         #[arg(long, default_value_t = 3600, value_name = "SECS")]
         timeout: u64,
+        /// Seconds an unfinished run may go without a xenmaint working on
+        /// it before --wait gives up (tests shorten it).
+        #[arg(long, default_value_t = 30, value_name = "SECS", hide = true)]
+        idle_grace: u64,
     },
     /// plan, drain, patch and reboot in one command.
     Run {
@@ -289,6 +293,14 @@ pub enum CliError {
     StatusTimeout(u64),
     #[error("run {run}: {trouble}")]
     RunTrouble { run: String, trouble: String },
+    #[error(
+        "run {run} is {phase:?} and no xenmaint is working on it: run `xenmaint resume` \
+         (after a reboot, see `systemctl status xenmaint-resume`) or `xenmaint rollback`"
+    )]
+    NobodyWorking {
+        run: String,
+        phase: crate::sequencer::Phase,
+    },
     #[error("cannot write output: {0}")]
     Output(io::Error),
 }
@@ -322,6 +334,7 @@ impl CliError {
             | CliError::NotConfirmed(_)
             | CliError::Output(_)
             | CliError::RunTrouble { .. }
+            | CliError::NobodyWorking { .. }
             | CliError::Run(_) => return exit::FAILURE,
         };
         match ts {
@@ -353,6 +366,10 @@ pub fn main() -> i32 {
         }
     }
     match run(&args, Box::new(io::stdout())) {
+        Ok(()) if crate::interrupt::requested() => {
+            eprintln!("xenmaint: stopping on a signal: the step in progress was finished first");
+            exit::SUCCESS
+        }
         Ok(()) => exit::SUCCESS,
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => exit::SUCCESS,
         Err(e) => {
@@ -458,9 +475,16 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         Verb::Resume => run::resume(&run::context(args, ts, sim, None)?, false, &out)?,
         Verb::Rollback => run::resume(&run::context(args, ts, sim, None)?, true, &out)?,
         Verb::Prune { keep } => run::prune(&run::context(args, ts, sim, None)?, *keep, &out)?,
-        Verb::Status { wait, timeout } => {
-            run::status(&run::context(args, ts, sim, None)?, *wait, *timeout, &out)?
-        }
+        Verb::Status {
+            wait,
+            timeout,
+            idle_grace,
+        } => run::status(
+            &run::context(args, ts, sim, None)?,
+            *wait,
+            (*timeout, *idle_grace),
+            &out,
+        )?,
         Verb::Run {
             policy,
             patch_cmd,

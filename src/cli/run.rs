@@ -200,9 +200,18 @@ pub fn resume(ctx: &Context<'_>, rollback: bool, out: &Output) -> Result<(), Cli
     }
 }
 
-pub fn status(ctx: &Context<'_>, wait: bool, timeout: u64, out: &Output) -> Result<(), CliError> {
+/// `--wait`: how long to wait for the run to finish, and how long an
+/// unfinished run may go with no xenmaint working on it (at boot the unit
+/// may not have started yet) before nothing is expected to finish it.
+pub fn status(
+    ctx: &Context<'_>,
+    wait: bool,
+    (timeout, idle_grace): (u64, u64),
+    out: &Output,
+) -> Result<(), CliError> {
     let s = sequencer(ctx);
     let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
     loop {
         let state = s.state()?;
         let finished = state
@@ -231,6 +240,19 @@ pub fn status(ctx: &Context<'_>, wait: bool, timeout: u64, out: &Output) -> Resu
         }
         if started.elapsed() >= Duration::from_secs(timeout) {
             return Err(CliError::StatusTimeout(timeout));
+        }
+        // A resume that died (or never ran) will not finish the run.
+        if crate::lock::HostLock::holder_alive(&ctx.args.lock) {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed()
+            >= Duration::from_secs(idle_grace)
+        {
+            let (run, st) = state.expect("an unfinished run was read above");
+            report(out, "status", &run, &st)?;
+            return Err(CliError::NobodyWorking {
+                run,
+                phase: st.phase,
+            });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
