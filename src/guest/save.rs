@@ -185,7 +185,7 @@ pub fn save(
                 live: opts.live,
                 memory_kib: info.memory_kib,
                 nics: detail.nics.clone(),
-                disks: detail.disks.iter().map(DiskIdentity::of).collect(),
+                disks: DiskIdentity::of_all(&detail.disks),
                 stream,
                 timings,
             };

@@ -106,6 +106,15 @@ impl DiskIdentity {
         }
     }
 
+    /// The identities of a domain's disks (CD-ROMs are media, not disks).
+    pub fn of_all(disks: &[Disk]) -> Vec<DiskIdentity> {
+        disks
+            .iter()
+            .filter(|d| !d.cdrom)
+            .map(DiskIdentity::of)
+            .collect()
+    }
+
     /// What differs between this disk before maintenance and `now`, if
     /// anything. The device number is left out for files and block devices
     /// alike: a reboot may renumber devices (device-mapper does) while the

@@ -481,10 +481,7 @@ impl<'a> Sequencer<'a> {
         let nics = detail.as_ref().map_or(&[][..], |d| &d.nics[..]);
         Observation {
             addresses: address::collect(nics, &published, &self.facts.neighbours()),
-            disks: detail
-                .iter()
-                .flat_map(|d| d.disks.iter().filter(|d| !d.cdrom).map(DiskIdentity::of))
-                .collect(),
+            disks: detail.map_or_else(Vec::new, |d| DiskIdentity::of_all(&d.disks)),
         }
     }
 
@@ -496,16 +493,10 @@ impl<'a> Sequencer<'a> {
         let Some(before) = state.observed.get(&g.uuid) else {
             return Ok(());
         };
-        let now: Vec<DiskIdentity> = self
+        let now = self
             .ts
             .domain_detail(domid)
-            .map(|d| {
-                d.disks
-                    .iter()
-                    .filter(|d| !d.cdrom)
-                    .map(DiskIdentity::of)
-                    .collect()
-            })
+            .map(|d| DiskIdentity::of_all(&d.disks))
             .unwrap_or_default();
         let disks_changed = before
             .disks
