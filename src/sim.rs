@@ -6,7 +6,7 @@
 //! physinfo, the domains with their devices and configs (the same shape
 //! `xenmaint info --json` prints), and faults to inject.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -63,6 +63,79 @@ pub struct SimHost {
     /// The simulated boot loader's entries; the first is the default.
     #[serde(default = "default_boot_entries")]
     pub boot_entries: Vec<BootEntry>,
+    /// Rebuilt by `Sim::new`, kept by every change `Sim` makes.
+    #[serde(skip)]
+    index: SimIndex,
+}
+
+/// Lookups that stay cheap with thousands of simulated guests (a scan per
+/// lookup made a 10,000-guest run quadratic): `domains` is kept in domid
+/// order; these map UUIDs, names and addresses to domids.
+#[derive(Debug, Clone, Default)]
+struct SimIndex {
+    by_uuid: HashMap<Uuid, DomId>,
+    by_name: HashMap<String, DomId>,
+    /// Configured and published addresses; a guest answers at them while it runs.
+    by_ip: HashMap<std::net::IpAddr, Vec<DomId>>,
+}
+
+impl SimHost {
+    fn position(&self, domid: DomId) -> Option<usize> {
+        self.domains
+            .binary_search_by_key(&domid, |d| d.detail.info.domid)
+            .ok()
+    }
+
+    fn addresses(d: &SimDomain) -> Vec<std::net::IpAddr> {
+        let mut ips: Vec<_> = crate::address::collect(&d.detail.nics, &[], &[])
+            .into_iter()
+            .map(|a| a.ip)
+            .collect();
+        ips.extend(&d.published);
+        ips
+    }
+
+    fn index_domain(&mut self, at: usize) {
+        let d = &self.domains[at];
+        let (domid, ips) = (d.detail.info.domid, Self::addresses(d));
+        self.index.by_uuid.insert(d.detail.info.uuid, domid);
+        self.index.by_name.insert(d.detail.info.name.clone(), domid);
+        for ip in ips {
+            self.index.by_ip.entry(ip).or_default().push(domid);
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = SimIndex::default();
+        for at in 0..self.domains.len() {
+            self.index_domain(at);
+        }
+    }
+
+    /// Adds a domain whose domid is above every other's.
+    fn push(&mut self, d: SimDomain) {
+        self.domains.push(d);
+        self.index_domain(self.domains.len() - 1);
+    }
+
+    fn remove(&mut self, domid: DomId) {
+        let Some(at) = self.position(domid) else {
+            return;
+        };
+        let d = self.domains.remove(at);
+        self.index.by_uuid.remove(&d.detail.info.uuid);
+        self.index.by_name.remove(&d.detail.info.name);
+        for ip in Self::addresses(&d) {
+            if let Some(ids) = self.index.by_ip.get_mut(&ip) {
+                ids.retain(|&i| i != domid);
+            }
+        }
+    }
+
+    fn info_of(&self, domid: Option<&DomId>) -> Option<DomainInfo> {
+        let at = self.position(*domid?)?;
+        Some(self.domains[at].detail.info.clone())
+    }
 }
 
 /// A Debian Xen host's entries: the package's hypervisor, and the patched
@@ -149,6 +222,7 @@ impl Sim {
                 return Err(format!("uuid {} appears twice", i.uuid));
             }
         }
+        host.reindex();
         Ok(Sim {
             host: Mutex::new(host),
         })
@@ -231,24 +305,14 @@ impl Sim {
             .as_str()
             .and_then(|u| u.parse().ok())
             .ok_or_else(|| bad("no valid c_info.uuid"))?;
-        if host
-            .domains
-            .iter()
-            .any(|d| d.detail.info.name == name || d.detail.info.uuid == uuid)
-        {
+        if host.index.by_name.contains_key(name) || host.index.by_uuid.contains_key(&uuid) {
             // libxl refuses a second domain with the same name or UUID.
             return Err(ToolstackError::Libxl {
                 call: "libxl_domain_create",
                 code: xenlight_sys::ERROR_INVAL,
             });
         }
-        let domid = host
-            .domains
-            .iter()
-            .map(|d| d.detail.info.domid)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let domid = host.domains.last().map_or(0, |d| d.detail.info.domid) + 1;
         let b_info = &config["b_info"];
         let memory_kib = b_info["target_memkb"].as_u64().unwrap_or(0);
         let nics = config["nics"]
@@ -292,7 +356,7 @@ impl Sim {
             Some("hvm") => DomainType::Hvm,
             _ => DomainType::Unknown,
         };
-        host.domains.push(SimDomain {
+        host.push(SimDomain {
             detail: DomainDetail {
                 info: DomainInfo {
                     domid,
@@ -318,10 +382,10 @@ impl Sim {
 }
 
 fn find(host: &mut SimHost, domid: DomId) -> Result<&mut SimDomain> {
-    host.domains
-        .iter_mut()
-        .find(|d| d.detail.info.domid == domid)
-        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
+    let at = host
+        .position(domid)
+        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))?;
+    Ok(&mut host.domains[at])
 }
 
 /// The first page of a simulated save names the guest it came from.
@@ -341,6 +405,22 @@ impl Toolstack for Sim {
     fn list_domains(&self) -> Result<Vec<DomainInfo>> {
         self.with(Call::ListDomains, None, |h| {
             Ok(h.domains.iter().map(|d| d.detail.info.clone()).collect())
+        })
+    }
+
+    fn find_uuid(&self, uuid: Uuid) -> Result<Option<DomainInfo>> {
+        self.with(Call::ListDomains, None, |h| {
+            Ok(h.info_of(h.index.by_uuid.get(&uuid)))
+        })
+    }
+
+    fn resolve(&self, r: &DomainRef) -> Result<DomainInfo> {
+        self.with(Call::ListDomains, None, |h| {
+            let found = match r {
+                DomainRef::Id(id) => h.info_of(Some(id)),
+                DomainRef::Name(n) => h.info_of(h.index.by_name.get(n)),
+            };
+            found.ok_or_else(|| ToolstackError::NoSuchDomain(r.clone()))
         })
     }
 
@@ -396,7 +476,7 @@ impl Toolstack for Sim {
     fn destroy(&self, domid: DomId) -> Result<()> {
         self.with(Call::Destroy, Some(domid), |h| {
             find(h, domid)?;
-            h.domains.retain(|d| d.detail.info.domid != domid);
+            h.remove(domid);
             Ok(())
         })
     }
@@ -416,7 +496,7 @@ impl Toolstack for Sim {
             let uuid = find(h, domid)?.detail.info.uuid;
             let tag = sim_tag(uuid);
             if stream.get(TAG_OFFSET..TAG_OFFSET + tag.len()) != Some(&tag[..]) {
-                h.domains.retain(|d| d.detail.info.domid != domid);
+                h.remove(domid);
                 return Err(ToolstackError::Stream(
                     "simulated stream belongs to another guest".into(),
                 ));
@@ -452,7 +532,7 @@ impl Toolstack for Sim {
             let d = find(h, domid)?;
             if d.xl_daemon && !d.ignores_shutdown {
                 let config = d.detail.config.clone();
-                h.domains.retain(|d| d.detail.info.domid != domid);
+                h.remove(domid);
                 if let (Request::Reboot, Some(config)) = (what, config) {
                     let new = Sim::add_from_config(h, &config)?;
                     let d = find(h, new)?;
@@ -495,14 +575,10 @@ impl crate::plan::HostFacts for SimFacts<'_> {
 
     fn probe(&self, ip: std::net::IpAddr, _timeout: std::time::Duration) -> bool {
         let host = self.sim.lock();
-        host.domains.iter().any(|d| {
-            matches!(
-                d.detail.info.state,
-                DomainState::Running | DomainState::Blocked
-            ) && (d.published.contains(&ip)
-                || crate::address::collect(&d.detail.nics, &[], &[])
-                    .iter()
-                    .any(|a| a.ip == ip))
+        let ids = host.index.by_ip.get(&ip).map(Vec::as_slice);
+        ids.unwrap_or_default().iter().any(|&domid| {
+            host.info_of(Some(&domid))
+                .is_some_and(|i| matches!(i.state, DomainState::Running | DomainState::Blocked))
         })
     }
 }
@@ -561,6 +637,7 @@ mod tests {
             domains,
             faults: vec![],
             boot_entries: default_boot_entries(),
+            index: SimIndex::default(),
         }
     }
 

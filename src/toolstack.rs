@@ -4,7 +4,9 @@
 
 use std::io::{Read, Write};
 
-use crate::domain::{DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo};
+use crate::domain::{
+    DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo, Uuid,
+};
 
 /// Why a toolstack call failed. One message each; the CLI maps them to exit
 /// codes.
@@ -121,6 +123,12 @@ pub trait Toolstack: Sync {
 
     /// Resolves a name or id the way xl does, against the live list (which is
     /// also how libxl_name_to_domid works).
+    /// The domain with this UUID, if one exists. libxl has no lookup by
+    /// UUID: list and search, as xl does.
+    fn find_uuid(&self, uuid: Uuid) -> Result<Option<DomainInfo>> {
+        Ok(self.list_domains()?.into_iter().find(|d| d.uuid == uuid))
+    }
+
     fn resolve(&self, r: &DomainRef) -> Result<DomainInfo> {
         let found = self.list_domains()?.into_iter().find(|d| match r {
             DomainRef::Id(id) => d.domid == *id,

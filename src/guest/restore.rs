@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{millis, OpError, Progress, ProgressFn};
-use crate::domain::{DomId, Uuid};
+use crate::domain::{DomId, DomainRef, Uuid};
 use crate::image::{self, Hashing, ImageError, Manifest, StreamScanner, StreamSummary, XlHeader};
-use crate::toolstack::Toolstack;
+use crate::toolstack::{Toolstack, ToolstackError};
 
 pub struct RestoreOptions {
     /// Leave the restored guest paused (xl restore -p).
@@ -216,11 +216,12 @@ fn preflight(
     name: &str,
     uuid: Uuid,
 ) -> Result<(), OpError> {
-    if ts
-        .list_domains()?
-        .iter()
-        .any(|d| d.name == name || d.uuid == uuid)
-    {
+    let named = match ts.resolve(&DomainRef::Name(name.to_owned())) {
+        Ok(_) => true,
+        Err(ToolstackError::NoSuchDomain(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if named || ts.find_uuid(uuid)?.is_some() {
         return Err(OpError::AlreadyRunning {
             name: name.to_owned(),
             uuid,

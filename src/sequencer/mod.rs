@@ -124,7 +124,24 @@ pub struct Sequencer<'a> {
 struct Run {
     dir: PathBuf,
     journal: Mutex<Journal<Record>>,
+    /// The fold of every record journaled so far (None before Started): what
+    /// a replay of the journal would give, without reading it again.
+    state: Mutex<Option<RunState>>,
     crashed: AtomicBool,
+}
+
+impl Run {
+    /// The run's state as journaled up to now.
+    fn state(&self) -> Result<RunState> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.clone().ok_or_else(|| {
+            SeqError::Journal(JournalError::Corrupt {
+                path: self.dir.join("journal"),
+                line: 2,
+                detail: "the run has no start record".into(),
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -180,6 +197,7 @@ impl<'a> Sequencer<'a> {
             Run {
                 dir,
                 journal: Mutex::new(journal),
+                state: Mutex::new(Some(state.clone())),
                 crashed: AtomicBool::new(false),
             },
             state,
@@ -192,17 +210,19 @@ impl<'a> Sequencer<'a> {
     fn record(&self, run: &Run, rec: Record) -> Result<()> {
         let what = describe(&rec);
         self.crash_point(run, &format!("before {what}"))?;
-        let path = {
+        {
+            // One lock for both: the fold follows the journal's order.
             let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
             journal.append(&rec)?;
-            journal.path().to_owned()
-        };
+            let mut state = run.state.lock().unwrap_or_else(|p| p.into_inner());
+            match state.as_mut() {
+                Some(s) => s.apply(&rec),
+                None => *state = RunState::replay(std::slice::from_ref(&rec)),
+            }
+        }
         self.crash_point(run, &format!("after {what}"))?;
         if rec.phase_boundary() {
-            let (_, records) = Journal::<Record>::read(&path)?;
-            if let Some(state) = RunState::replay(&records) {
-                self.phase_changed(run, &rec, &state)?;
-            }
+            self.phase_changed(run, &rec, &run.state()?)?;
         }
         Ok(())
     }
@@ -288,6 +308,7 @@ impl<'a> Sequencer<'a> {
         let run = Run {
             dir,
             journal: Mutex::new(journal),
+            state: Mutex::new(None),
             crashed: AtomicBool::new(false),
         };
         // From here a crash leaves a run for `resume` to find.
@@ -319,8 +340,7 @@ impl<'a> Sequencer<'a> {
         if failed == 0 {
             self.record(&run, Record::Drained)?;
         } else if self.policy_rolls_back() {
-            let (_, state) = self.open_run(&id)?;
-            let left = self.bring_back_all(&run, &state)?;
+            let left = self.bring_back_all(&run, &run.state()?)?;
             let outcome = if left == 0 {
                 Outcome::RolledBack
             } else {
@@ -348,8 +368,7 @@ impl<'a> Sequencer<'a> {
                     .into(),
             });
         }
-        let (_, state) = self.open_run(&id)?;
-        Ok((id, state))
+        Ok((id, run.state()?))
     }
 
     fn policy_rolls_back(&self) -> bool {
@@ -563,7 +582,7 @@ impl<'a> Sequencer<'a> {
 
     /// The domain with this UUID now.
     fn find(&self, uuid: Uuid) -> Result<Option<DomainInfo>> {
-        Ok(self.ts.list_domains()?.into_iter().find(|d| d.uuid == uuid))
+        Ok(self.ts.find_uuid(uuid)?)
     }
 
     /// Keeps the running hypervisor bootable, runs the patch command, and
@@ -716,13 +735,12 @@ impl<'a> Sequencer<'a> {
                 },
             )?;
         }
-        let (_, state) = self.open_run(&id)?;
+        let state = run.state()?;
         self.wait_for_bridges(&state);
         let left = self.bring_back_all(&run, &state)?;
         if self.stop.load(Ordering::SeqCst) {
             // Not finished: the next resume brings back the rest.
-            let (_, now) = self.open_run(&id)?;
-            return Err(SeqError::Interrupted(now.phase));
+            return Err(SeqError::Interrupted(run.state()?.phase));
         }
         let outcome = if left > 0 {
             Outcome::Incomplete
@@ -735,7 +753,7 @@ impl<'a> Sequencer<'a> {
         if left > 0 {
             return Err(SeqError::Incomplete(left));
         }
-        let (_, state) = self.open_run(&id)?;
+        let state = run.state()?;
         if let Some((hv, false)) = &state.booted {
             return Err(SeqError::PatchDidNotTake {
                 booted: hv.release.clone(),
@@ -857,7 +875,7 @@ impl<'a> Sequencer<'a> {
         // guest still booting must not hold up another's restore. A check
         // the journal already holds (for the guest as it runs now) is not
         // repeated by a second resume.
-        let (_, now) = self.open_run(&run_id(run))?;
+        let now = run.state()?;
         self.each_guest(run, &now.plan.guests, true, VERIFY_LANES, |g| {
             let back = matches!(now.guests.get(&g.uuid), Some(GuestState::Back { .. }));
             if back && !now.verified.contains_key(&g.uuid) {

@@ -254,7 +254,7 @@ impl RunState {
         Some(s)
     }
 
-    fn apply(&mut self, r: &Record) {
+    pub(crate) fn apply(&mut self, r: &Record) {
         match r {
             Record::Started { .. } => {}
             Record::Observed { uuid, observation } => {
