@@ -133,7 +133,7 @@ impl HostFacts for RealHost {
     fn xendomains_conflict(&self) -> Option<String> {
         xendomains_conflict_in(
             &std::fs::read_to_string("/etc/default/xendomains").unwrap_or_default(),
-            Path::new("/etc/systemd/system/multi-user.target.wants/xendomains.service").exists(),
+            xendomains_enabled(Path::new("/")) || xendomains_active(),
         )
     }
 
@@ -154,6 +154,42 @@ impl HostFacts for RealHost {
                 .join("bridge")
                 .is_dir()
     }
+}
+
+/// Whether xendomains starts at boot under `root`: a native unit wanted by a
+/// target, or (Debian 12 ships only the init script, and `systemctl enable`
+/// turns its K links into S links) a start link in a multi-user runlevel.
+pub fn xendomains_enabled(root: &Path) -> bool {
+    let wanted = ["multi-user", "graphical"].iter().any(|t| {
+        root.join(format!(
+            "etc/systemd/system/{t}.target.wants/xendomains.service"
+        ))
+        .exists()
+    });
+    let linked = (2..=5).any(|level| {
+        std::fs::read_dir(root.join(format!("etc/rc{level}.d")))
+            .map(|dir| {
+                dir.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with('S') && name.ends_with("xendomains")
+                })
+            })
+            .unwrap_or(false)
+    });
+    wanted || linked
+}
+
+/// Whether systemd has xendomains started now: it then saves every guest
+/// when the host shuts down, enabled or not.
+fn xendomains_active() -> bool {
+    std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "xendomains.service"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// xendomains saves every running guest at host shutdown when enabled and
@@ -452,6 +488,28 @@ mod tests {
         assert!(p.space_needed > (256 + 512) << 20);
         assert!(p.est_drain_s > 0.0 && p.est_resume_s > 0.0);
         assert!(!p.blocked(), "{:?}", p.findings);
+    }
+
+    #[test]
+    fn xendomains_is_enabled_by_a_unit_or_by_debian_start_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        assert!(!xendomains_enabled(root));
+        // Debian's package installs only K links: disabled.
+        for level in 0..=6 {
+            let d = root.join(format!("etc/rc{level}.d"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("K01xendomains"), "").unwrap();
+        }
+        assert!(!xendomains_enabled(root));
+        // `systemctl enable xendomains` on Debian 12 (update-rc.d): S links.
+        std::fs::write(root.join("etc/rc3.d/S03xendomains"), "").unwrap();
+        assert!(xendomains_enabled(root));
+        std::fs::remove_file(root.join("etc/rc3.d/S03xendomains")).unwrap();
+        let wants = root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::fs::write(wants.join("xendomains.service"), "").unwrap();
+        assert!(xendomains_enabled(root));
     }
 
     #[test]
