@@ -156,7 +156,9 @@ pub fn verify_reader(r: impl Read) -> Result<Verified, ImageError> {
     let header = XlHeader::read_from(&mut r)?;
     let config = header.config_json()?;
     let mut scanner = StreamScanner::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Grows to 1 MiB only while reads fill it: a small image (thousands of
+    // simulated ones) never pays for zeroing a large buffer.
+    let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match r.read(&mut buf) {
             Ok(0) => break,
@@ -165,6 +167,9 @@ pub fn verify_reader(r: impl Read) -> Result<Verified, ImageError> {
             Err(e) => return Err(e.into()),
         };
         scanner.feed(&buf[..n])?;
+        if n == buf.len() && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     let stream = scanner.finish()?;
     Ok(Verified {
