@@ -531,6 +531,50 @@ fn shutdown_guests_are_cold_booted_after_the_reboot() {
     )));
 }
 
+/// An image damaged between the drain and the resume (a flipped bit, or one
+/// cut short): the restore's own checks refuse it before the guest runs, and
+/// the guest is cold booted from its saved config; the others are restored.
+#[test]
+fn a_damaged_image_is_refused_and_its_guest_cold_booted() {
+    for damage in ["flip", "truncate"] {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let ts = Sim::new(h.clone()).unwrap();
+        let want = guests(&ts);
+        let boot = boot_loader();
+        let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
+        let (_, drained) = s.drain().unwrap();
+        let (&victim, image) = drained.images.iter().next().unwrap();
+        let mut bytes = std::fs::read(image).unwrap();
+        match damage {
+            "flip" => {
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x40;
+            }
+            _ => bytes.truncate(bytes.len() - 100),
+        }
+        std::fs::write(image, &bytes).unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot);
+        let (_, done) = seq(&after, &boot, t.path(), policy(t.path(), 2), &never)
+            .resume()
+            .unwrap()
+            .unwrap();
+        assert_all_back(&after, &want, damage);
+        for (uuid, g) in &done.guests {
+            let want_step = if *uuid == victim {
+                xenmaint::sequencer::Step::ColdBoot
+            } else {
+                xenmaint::sequencer::Step::Restore
+            };
+            assert!(
+                matches!(g, GuestState::Back { step, .. } if *step == want_step),
+                "{damage}: {uuid} is {g:?}"
+            );
+        }
+    }
+}
+
 /// Counts journal writes and crashes at the n-th.
 struct CrashAt {
     n: usize,
