@@ -8,7 +8,7 @@ by running the --outside script against the forwarded guest ports, enforces a ti
 reads the io disk back with debugfs and prints per-phase timings. Exit 0 iff the scenario
 finished with rc=0 and every test it declared reported PASS.
 """
-import argparse, os, re, shutil, socket, subprocess, sys, threading, time
+import argparse, json, os, re, shutil, socket, subprocess, sys, threading, time
 
 # The runner's control channel as the VM sees it (a guestfwd address of QEMU's
 # user network; see the -netdev line).
@@ -21,7 +21,7 @@ T0 = time.monotonic()
 # create_bounce_frame). Tried and dropped: -avx,-avx2 (and bootscrub=false, dom0 with 2
 # vCPUs, thread=single): with them libxc failed to XZ-decompress the guest kernel
 # ("Invalid kernel") in 2 of 3 runs; this plain recipe passed every run but one.
-CPU = "max,-smap,-smep"
+CPU = os.environ.get("NESTED_XEN_CPU", "max,-smap,-smep")
 
 
 def ts():
@@ -45,7 +45,8 @@ def read_guests(path):
     for line in open(path):
         f = line.split()
         if len(f) >= 5 and not f[0].startswith("#"):
-            out.append({"name": f[0], "ip": f[1], "mac": f[2], "uuid": f[3]})
+            out.append({"name": f[0], "ip": f[1], "mac": f[2], "uuid": f[3],
+                        "extra": len(f) > 5 and f[5] == "extra"})
     return out
 
 
@@ -82,7 +83,8 @@ class Run:
                 f.write(b"no --outside script given: nothing to do\n@@rc=0\n"); f.flush(); return
             env = dict(os.environ, NESTED_BOOT=boot, NESTED_PHASE=phase, NESTED_OUT=self.out,
                        NESTED_OUTSIDE_STATE=os.path.join(self.out, "outside-state"),
-                       NESTED_GUESTS=" ".join(g["name"] for g in self.guests))
+                       NESTED_GUESTS=" ".join(g["name"] for g in self.guests if not g["extra"]),
+                       NESTED_GUESTS_ALL=" ".join(g["name"] for g in self.guests))
             os.makedirs(env["NESTED_OUTSIDE_STATE"], exist_ok=True)
             for g in self.guests:
                 env[f"NESTED_PORT_{g['name']}"] = str(g["port"])
@@ -168,6 +170,12 @@ class Run:
         # The same lines prefixed with the run's clock: where the time goes, for any stretch.
         serial_t = open(os.path.join(self.out, "serial-timed.log"), "wb")
         timeline = open(os.path.join(self.out, "timeline.txt"), "w")
+        # The host's milestones with wall-clock times, for outside scripts (the benchmark
+        # takes its reboot intervals from here): one JSON object per line.
+        events = open(os.path.join(self.out, "events.jsonl"), "w")
+
+        def log_event(what, **kw):
+            events.write(json.dumps(dict(t=time.time(), event=what, **kw)) + "\n"); events.flush()
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         timeout = int(header(a.scenario, "nested-timeout") or a.timeout)
@@ -192,7 +200,10 @@ class Run:
                 sys.stdout.buffer.write(raw); sys.stdout.flush()
             if b"nested-xen grub entry:" in raw and b"echo" not in raw:
                 boots += 1
+                log_event("grub", boot=boots)
                 mark(f"boot {boots}: GRUB -> {raw.split(b'entry:')[1].strip().decode(errors='replace')}")
+            elif b"Hardware Dom0 shutdown" in raw or b"Hardware Dom0 crashed" in raw:
+                log_event("xen-reset", boot=boots)   # Xen hands the machine to the firmware
             elif b"Xen version" in raw and b"(XEN)" in raw and b"build-id" not in raw:
                 mark(f"boot {boots}: Xen starting: {raw.decode(errors='replace').split('Xen version')[1].strip()[:40]}")
             if b"Panic on CPU" in raw or b"Kernel panic - not syncing" in raw:
@@ -202,6 +213,7 @@ class Run:
             if not m:
                 continue
             boot, event, rest = int(m.group(1)), m.group(2).decode(), m.group(3).decode(errors="replace").strip()
+            log_event(event, boot=boots, marker_boot=boot, rest=rest)
             if event == "begin":
                 mark(f"boot {boot}: dom0 up, driver started ({rest})")
             elif event == "ready":
@@ -229,6 +241,7 @@ class Run:
         mark(f"qemu exited rc={qemu.returncode}")
         serial.close()
         serial_t.close()
+        events.close()
 
         # Results and state back from the io disk (no mounts: debugfs rdump).
         res = os.path.join(self.out, "results")
