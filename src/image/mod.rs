@@ -218,14 +218,17 @@ mod tests {
 
     #[test]
     fn verifies_a_whole_image_and_checksums_every_byte() {
-        let img = image(2);
-        let v = verify_reader(std::io::Cursor::new(&img)).unwrap();
-        assert_eq!(v.size, img.len() as u64);
-        assert_eq!(v.config["c_info"]["name"], "g1");
-        let mut direct = Checksum::new();
-        direct.update(&img);
-        assert_eq!(v.checksum, direct.finish());
-        assert!(v.checksum.starts_with("xxh3-128:") && v.checksum.len() == 9 + 32);
+        // Small, and large enough for the read buffer to grow to its full size.
+        for pages in [2, 700] {
+            let img = image(pages);
+            let v = verify_reader(std::io::Cursor::new(&img)).unwrap();
+            assert_eq!(v.size, img.len() as u64);
+            assert_eq!(v.config["c_info"]["name"], "g1");
+            let mut direct = Checksum::new();
+            direct.update(&img);
+            assert_eq!(v.checksum, direct.finish(), "{pages} pages");
+            assert!(v.checksum.starts_with("xxh3-128:") && v.checksum.len() == 9 + 32);
+        }
     }
 
     #[test]
