@@ -134,13 +134,7 @@ impl Run {
     /// The run's state as journaled up to now.
     fn state(&self) -> Result<RunState> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.clone().ok_or_else(|| {
-            SeqError::Journal(JournalError::Corrupt {
-                path: self.dir.join("journal"),
-                line: 2,
-                detail: "the run has no start record".into(),
-            })
-        })
+        state.clone().ok_or_else(|| no_start_record(&self.dir))
     }
 }
 
@@ -186,13 +180,7 @@ impl<'a> Sequencer<'a> {
     fn open_run(&self, id: &str) -> Result<(Run, RunState)> {
         let dir = self.runs_dir().join(id);
         let (journal, _, records) = Journal::<Record>::open(&dir.join("journal"))?;
-        let state = RunState::replay(&records).ok_or_else(|| {
-            SeqError::Journal(JournalError::Corrupt {
-                path: dir.join("journal"),
-                line: 2,
-                detail: "the run has no start record".into(),
-            })
-        })?;
+        let state = RunState::replay(&records).ok_or_else(|| no_start_record(&dir))?;
         Ok((
             Run {
                 dir,
@@ -1107,6 +1095,15 @@ pub struct Pruned {
 fn run_sort_key(id: &str) -> (u64, u64) {
     let mut parts = id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// A journal without its Started record cannot be acted on.
+fn no_start_record(dir: &Path) -> SeqError {
+    SeqError::Journal(JournalError::Corrupt {
+        path: dir.join("journal"),
+        line: 2,
+        detail: "the run has no start record".into(),
+    })
 }
 
 /// A run's id: the name of its directory.
