@@ -6,6 +6,7 @@
 //! concurrency = 2              # guests saved or restored at once
 //! image_dir = "/var/lib/xenmaint/images"
 //! live = false                 # live save: the guest pauses only for the last round
+//! read_back = false            # true: read each image back from the device before its guest goes
 //! on_failure = "rollback"      # or "halt": what a failed drain does (never a reboot)
 //! keep_images = true           # false: delete an image once its guest is back and checked
 //! probe_addresses = true       # ICMP-probe each guest's recorded IPs once it is back

@@ -85,6 +85,18 @@ pub fn create_new(path: &Path) -> Result<File, DurableError> {
         .map_err(io(path))
 }
 
+/// `create_new` for a temp name that only a crashed writer can have left
+/// behind (it was never published): such a leftover is removed first.
+pub fn create_fresh(tmp: &Path) -> Result<File, DurableError> {
+    match create_new(tmp) {
+        Err(DurableError::Exists { .. }) => {
+            std::fs::remove_file(tmp).map_err(io(tmp))?;
+            create_new(tmp)
+        }
+        other => other,
+    }
+}
+
 /// Flushes a directory's entries (a rename or create in it) to disk.
 pub fn fsync_dir(dir: &Path) -> Result<(), DurableError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -114,9 +126,7 @@ pub fn publish_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
 /// the new, never a mix, also after a power cut.
 pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
     let tmp = tmp_path(dest);
-    // A crash may have left a temp file behind; it was never published.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = create_new(&tmp)?;
+    let mut f = create_fresh(&tmp)?;
     let written = f
         .write_all(data)
         .map_err(io(&tmp))

@@ -53,6 +53,9 @@ pub struct Policy {
     pub concurrency: usize,
     pub image_dir: PathBuf,
     pub live: bool,
+    /// Read every image back from the device before its guest is destroyed
+    /// (off: the stream is checked as written, then fsync'd).
+    pub read_back: bool,
     /// For time estimates until measured figures exist.
     pub save_mib_s: f64,
     pub restore_mib_s: f64,
@@ -85,6 +88,7 @@ impl Default for Policy {
             concurrency: 2,
             image_dir: PathBuf::from(crate::guest::DEFAULT_IMAGE_DIR),
             live: false,
+            read_back: false,
             save_mib_s: 100.0,
             restore_mib_s: 100.0,
             shutdown_s: 30.0,

@@ -37,6 +37,7 @@ fn save_opts(dir: &Path) -> SaveOptions {
         image_dir: dir.join("images"),
         live: false,
         keep_running: false,
+        read_back: false,
     }
 }
 

@@ -67,14 +67,23 @@ pub fn save(
         return Ok(out.event("saved", &r)?);
     }
     out.line(&format!(
-        "saved {} ({}) to {}: {:.1} MiB in {:.1} s ({:.0} MiB/s), synced and read back intact; guest {}",
+        "saved {} ({}) to {}: {:.1} MiB in {:.1} s ({:.0} MiB/s), checked and synced{}; guest {}",
         printable(&r.name),
         r.uuid,
         r.image.display(),
         r.size as f64 / MIB,
         r.timings.save_ms as f64 / 1000.0,
         r.timings.throughput_mib_s,
-        if r.kept_running { "resumed" } else { "destroyed" },
+        if r.read_back {
+            ", read back intact"
+        } else {
+            ""
+        },
+        if r.kept_running {
+            "resumed"
+        } else {
+            "destroyed"
+        },
     ))?;
     Ok(())
 }

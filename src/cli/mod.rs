@@ -89,7 +89,8 @@ pub enum Verb {
         policy: PolicyArgs,
     },
     /// Save a guest to an xl-format image; it is destroyed only once the image
-    /// is on disk and read back intact.
+    /// checked out (header, config, stream through its END record, checksum)
+    /// and is on disk (fsync'd).
     Save {
         domain: DomainRef,
         /// Image file (default: IMAGE_DIR/<uuid>.xl). Never overwritten.
@@ -104,6 +105,10 @@ pub enum Verb {
         /// Leave the guest running after the save (a checkpoint, as xl save -c).
         #[arg(long)]
         keep_running: bool,
+        /// Before the guest goes, also read the image back from the device
+        /// (page cache dropped): for storage you distrust.
+        #[arg(long)]
+        read_back: bool,
     },
     /// Restore a guest from an image (xenmaint's or xl's); it is unpaused only
     /// after the image checked out.
@@ -436,12 +441,14 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             image_dir,
             live,
             keep_running,
+            read_back,
         } => {
             let opts = crate::guest::SaveOptions {
                 out: file.clone(),
                 image_dir: image_dir.clone(),
                 live: *live,
                 keep_running: *keep_running,
+                read_back: *read_back,
             };
             guest::save(ts, domain, &opts, &out, args.quiet)?
         }

@@ -1,5 +1,5 @@
 //! Single-guest operations done more safely than xl does them: a save whose
-//! guest is destroyed only once its image is durable and read back, a
+//! guest is destroyed only once its image checked out and is durable, a
 //! restore that unpauses only after the checksum matched, shutdown and
 //! reboot that wait for the guest and say when it did not listen.
 //!

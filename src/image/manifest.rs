@@ -50,7 +50,7 @@ pub struct Timings {
     pub save_ms: u64,
     /// fsync of image and directory.
     pub sync_ms: u64,
-    /// Reading the image back from disk.
+    /// Reading the image back from disk (0: not asked for, see `read_back`).
     pub verify_ms: u64,
     pub throughput_mib_s: f64,
 }

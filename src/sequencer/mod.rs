@@ -437,6 +437,7 @@ impl<'a> Sequencer<'a> {
                         image_dir: self.policy.image_dir.clone(),
                         live: self.policy.live,
                         keep_running: false,
+                        read_back: self.policy.read_back,
                     },
                     &|_| {},
                 )
