@@ -4,7 +4,7 @@
 //! drained, rebooted and resumed; the process's CPU time (user + system,
 //! all threads) is printed per phase. Target (issue 7): under 1 s in all.
 //!
-//!     cargo bench --bench sequencer_scale [-- GUESTS]
+//!     cargo bench --bench sequencer_scale [-- GUESTS [CONCURRENCY]]
 //!
 //! The state and image directories live on tmpfs (/dev/shm when present):
 //! the figure is the sequencer's CPU, not a disk's fsync latency.
@@ -55,10 +55,9 @@ fn cpu() -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(10_000);
+    let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse().ok());
+    let n: usize = numbers.next().unwrap_or(10_000);
+    let lanes: usize = numbers.next().unwrap_or(Policy::default().concurrency);
     let base = ["/dev/shm", "/tmp"]
         .iter()
         .find(|p| Path::new(p).is_dir())
@@ -75,7 +74,7 @@ fn main() {
     boot.commit("xen").unwrap();
     let policy = Policy {
         image_dir: t.path().join("state/images"),
-        concurrency: 8,
+        concurrency: lanes,
         ..Policy::default()
     };
     let seq = |ts| Sequencer {
@@ -126,7 +125,7 @@ fn main() {
 
     let total: f64 = phases.iter().map(|p| p.1).sum();
     println!(
-        "bench sequencer on the simulator (not Xen): {n} guests, concurrency 8, state on tmpfs"
+        "bench sequencer on the simulator (not Xen): {n} guests, concurrency {lanes}, state on tmpfs"
     );
     for (name, c, w) in &phases {
         println!(

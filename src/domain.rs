@@ -210,13 +210,12 @@ pub struct Uuid(pub [u8; 16]);
 
 impl fmt::Display for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let mut buf = uuid::Uuid::encode_buffer();
+        f.write_str(
+            uuid::Uuid::from_bytes(self.0)
+                .hyphenated()
+                .encode_lower(&mut buf),
+        )
     }
 }
 
@@ -228,18 +227,19 @@ impl FromStr for Uuid {
     type Err = BadUuid;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadUuid(s.to_owned());
-        let groups: Vec<&str> = s.split('-').collect();
-        if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
-            return Err(bad());
+        // Only the hyphenated form xl prints (the uuid crate also takes
+        // braced, URN and bare forms).
+        let b = s.as_bytes();
+        let hyphens = [8, 13, 18, 23];
+        let shaped = b.len() == 36
+            && hyphens.iter().all(|&i| b[i] == b'-')
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| hyphens.contains(&i) || c.is_ascii_hexdigit());
+        match uuid::Uuid::try_parse(s) {
+            Ok(u) if shaped => Ok(Uuid(u.into_bytes())),
+            _ => Err(BadUuid(s.to_owned())),
         }
-        let hex: String = groups.concat();
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-                .map_err(|_| bad())?;
-        }
-        Ok(Uuid(out))
     }
 }
 
@@ -494,6 +494,9 @@ mod tests {
             "6b1c7c2e0f4a4c599a517d0e2f4c1a00",
             "6b1c7c2e-0f4a-4c59-9a51-7d0e2f4c1a0g",
             "6b1c7c2e-0f4a-4c59-9a51-7d0e2f4c1a0",
+            "{6b1c7c2e-0f4a-4c59-9a51-7d0e2f4c1a00}",
+            "urn:uuid:6b1c7c2e-0f4a-4c59-9a51-7d0e2f4c1a00",
+            "+b1c7c2e-0f4a-4c59-9a51-7d0e2f4c1a00",
         ] {
             assert!(bad.parse::<Uuid>().is_err(), "{bad:?} accepted");
         }

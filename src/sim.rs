@@ -57,7 +57,9 @@ pub struct SimHost {
     pub description: String,
     pub hypervisor: HypervisorVersion,
     pub physinfo: PhysInfo,
-    pub domains: Vec<SimDomain>,
+    /// In domid order. A deque: guests leave mostly from the front (a
+    /// drain goes in plan order), which a Vec would shift every time.
+    pub domains: std::collections::VecDeque<SimDomain>,
     #[serde(default)]
     pub faults: Vec<Fault>,
     /// The simulated boot loader's entries; the first is the default.
@@ -114,7 +116,7 @@ impl SimHost {
 
     /// Adds a domain whose domid is above every other's.
     fn push(&mut self, d: SimDomain) {
-        self.domains.push(d);
+        self.domains.push_back(d);
         self.index_domain(self.domains.len() - 1);
     }
 
@@ -122,7 +124,9 @@ impl SimHost {
         let Some(at) = self.position(domid) else {
             return;
         };
-        let d = self.domains.remove(at);
+        let Some(d) = self.domains.remove(at) else {
+            return;
+        };
         self.index.by_uuid.remove(&d.detail.info.uuid);
         self.index.by_name.remove(&d.detail.info.name);
         for ip in Self::addresses(&d) {
@@ -202,8 +206,10 @@ impl Sim {
     /// Checks the description as a real host would be: one dom0, unique
     /// domids, names and UUIDs.
     pub fn new(mut host: SimHost) -> std::result::Result<Sim, String> {
-        host.domains.sort_by_key(|d| d.detail.info.domid);
-        if host.domains.first().map(|d| d.detail.info.domid) != Some(0) {
+        host.domains
+            .make_contiguous()
+            .sort_by_key(|d| d.detail.info.domid);
+        if host.domains.front().map(|d| d.detail.info.domid) != Some(0) {
             return Err("no domain 0 (every Xen host has dom0)".into());
         }
         let (mut ids, mut names, mut uuids) = (HashSet::new(), HashSet::new(), HashSet::new());
@@ -312,7 +318,7 @@ impl Sim {
                 code: xenlight_sys::ERROR_INVAL,
             });
         }
-        let domid = host.domains.last().map_or(0, |d| d.detail.info.domid) + 1;
+        let domid = host.domains.back().map_or(0, |d| d.detail.info.domid) + 1;
         let b_info = &config["b_info"];
         let memory_kib = b_info["target_memkb"].as_u64().unwrap_or(0);
         let nics = config["nics"]

@@ -177,19 +177,25 @@ impl<'a> Sequencer<'a> {
         Ok(RunState::replay(&records).map(|s| (id, s)))
     }
 
-    fn open_run(&self, id: &str) -> Result<(Run, RunState)> {
-        let dir = self.runs_dir().join(id);
+    /// The current run opened for appending, with its state: one read of
+    /// its journal. None, as for `state`, when there is no run or it died
+    /// before its start record.
+    fn open_current(&self) -> Result<Option<(String, Run, RunState)>> {
+        let Some(id) = self.current_id()? else {
+            return Ok(None);
+        };
+        let dir = self.runs_dir().join(&id);
         let (journal, _, records) = Journal::<Record>::open(&dir.join("journal"))?;
-        let state = RunState::replay(&records).ok_or_else(|| no_start_record(&dir))?;
-        Ok((
-            Run {
-                dir,
-                journal: Mutex::new(journal),
-                state: Mutex::new(Some(state.clone())),
-                crashed: AtomicBool::new(false),
-            },
-            state,
-        ))
+        let Some(state) = RunState::replay(&records) else {
+            return Ok(None);
+        };
+        let run = Run {
+            dir,
+            journal: Mutex::new(journal),
+            state: Mutex::new(Some(state.clone())),
+            crashed: AtomicBool::new(false),
+        };
+        Ok(Some((id, run, state)))
     }
 
     /// Journals a record, with the failpoints either side of it. A record
@@ -210,18 +216,33 @@ impl<'a> Sequencer<'a> {
         }
         self.crash_point(run, &format!("after {what}"))?;
         if rec.phase_boundary() {
-            self.phase_changed(run, &rec, &run.state()?)?;
+            self.phase_changed(run, &rec)?;
         }
         Ok(())
     }
 
     /// `<run>/status.json` (what `status --json` prints), then the hooks,
     /// with the run id, the phase and that file's path in their environment.
-    fn phase_changed(&self, run: &Run, rec: &Record, state: &RunState) -> Result<()> {
+    fn phase_changed(&self, run: &Run, rec: &Record) -> Result<()> {
+        #[derive(serde::Serialize)]
+        struct Status<'s> {
+            event: &'static str,
+            run: &'s str,
+            state: &'s RunState,
+        }
         let id = run_id(run);
         let status = run.dir.join("status.json");
-        let json = serde_json::json!({"event": "status", "run": id, "state": state});
-        durable::replace(&status, json.to_string().as_bytes())?;
+        let json = {
+            let state = run.state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = state.as_ref().ok_or_else(|| no_start_record(&run.dir))?;
+            serde_json::to_vec(&Status {
+                event: "status",
+                run: &id,
+                state,
+            })
+            .expect("the run's state serialises")
+        };
+        durable::replace(&status, &json)?;
         if !self.policy.hooks.is_empty() {
             let env = [
                 ("XENMAINT_RUN", id),
@@ -579,7 +600,7 @@ impl<'a> Sequencer<'a> {
     /// a patched one that does not boot falls back to it.
     pub fn patch(&self, command: &str, entry: &str) -> Result<()> {
         let _lock = self.lock("patch")?;
-        let (id, state) = self.state()?.ok_or(SeqError::NoRun("patch"))?;
+        let (id, run, state) = self.open_current()?.ok_or(SeqError::NoRun("patch"))?;
         if state.phase != Phase::Drained && state.phase != Phase::Patched {
             return Err(SeqError::WrongPhase {
                 run: id,
@@ -588,7 +609,6 @@ impl<'a> Sequencer<'a> {
                 want: "drained",
             });
         }
-        let (run, _) = self.open_run(&id)?;
         let default = self.boot.default_entry()?;
         let current = match &default {
             Some(d) => self.boot.find(d)?,
@@ -632,7 +652,7 @@ impl<'a> Sequencer<'a> {
     /// Records what should boot, then reboots the host with `command`.
     pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
         let lock = self.lock("reboot")?;
-        let (id, state) = self.state()?.ok_or(SeqError::NoRun("reboot"))?;
+        let (id, run, state) = self.open_current()?.ok_or(SeqError::NoRun("reboot"))?;
         if state.phase != Phase::Patched && state.phase != Phase::Drained {
             return Err(SeqError::WrongPhase {
                 run: id,
@@ -641,7 +661,6 @@ impl<'a> Sequencer<'a> {
                 want: "drained (and patched)",
             });
         }
-        let (run, _) = self.open_run(&id)?;
         let patched = state.phase == Phase::Patched;
         let expect_build_id = match (&state.patched_entry, patched) {
             (Some(entry), true) => self.boot.build_id_of(entry)?,
@@ -669,7 +688,7 @@ impl<'a> Sequencer<'a> {
     /// and brings every guest back, most important first.
     pub fn resume(&self) -> Result<Option<(String, RunState)>> {
         let _lock = self.lock("resume")?;
-        let Some((id, state)) = self.state()? else {
+        let Some((id, run, state)) = self.open_current()? else {
             self.recover_unstarted()?;
             return Ok(None);
         };
@@ -678,7 +697,6 @@ impl<'a> Sequencer<'a> {
         if state.phase == Phase::Finished && state.outcome != Some(Outcome::Incomplete) {
             return Ok(Some((id, state)));
         }
-        let (run, _) = self.open_run(&id)?;
         if state.phase == Phase::Rebooting {
             let now = self.hypervisor()?;
             // A build other than the one that ran before, and, when the
