@@ -132,7 +132,6 @@ fn restore_once(
     let started = Instant::now();
     let restored = ts.restore(&config, &mut source);
     let size = source.inner.count();
-    let read_chunks = source.inner.chunk_sums();
     let scanned = source.outcome.take();
     let domid = match restored {
         Ok(domid) => domid,
@@ -164,9 +163,6 @@ fn restore_once(
     if let Err(e) = check {
         // Nothing may run from an image that failed its checks.
         let _ = ts.destroy(domid);
-        if matches!(e, ImageError::ChecksumMismatch { .. }) {
-            log_where_reads_differ(image, &read_chunks);
-        }
         return Err(e.into());
     }
     if !opts.paused {
@@ -185,27 +181,6 @@ fn restore_once(
         paused: opts.paused,
         restore_ms: millis(started.elapsed()),
     })
-}
-
-/// Which MiB of the image the restore read differently from how the file
-/// reads now: the evidence for telling a bad image from a bad read.
-fn log_where_reads_differ(image: &Path, read: &[u64]) {
-    match image::chunk_sums_of(image) {
-        // Two reads that agree: the image itself is bad, as the error says.
-        Ok(now) if image::differing_chunks(read, &now).is_empty() => {}
-        Ok(now) => {
-            let diff = image::differing_chunks(read, &now);
-            log::error!(
-                "{}: {} of {} MiB read during the restore differ from the file as it reads \
-                 now: MiB {:?}",
-                image.display(),
-                diff.len(),
-                now.len(),
-                &diff[..diff.len().min(32)]
-            );
-        }
-        Err(e) => log::error!("{}: cannot read it again: {e}", image.display()),
-    }
 }
 
 /// Refuses before anything is created: a second copy of a running guest, or

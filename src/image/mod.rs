@@ -72,19 +72,13 @@ pub struct Verified {
     pub size: u64,
 }
 
-/// A reader that checksums and counts every byte that passes through it,
-/// and keeps a small checksum per MiB, to tell where two reads of the same
-/// file differed.
+/// A reader that checksums and counts every byte that passes through it:
+/// one hash pass, on the thread that moves the bytes anyway.
 pub struct Hashing<R> {
     inner: R,
     sum: Checksum,
     bytes: u64,
-    chunks: Vec<u64>,
-    chunk: xxhash_rust::xxh3::Xxh3,
 }
-
-/// The span each per-MiB checksum covers.
-pub const CHUNK_BYTES: u64 = 1 << 20;
 
 impl<R: Read> Hashing<R> {
     pub fn new(inner: R) -> Hashing<R> {
@@ -92,8 +86,6 @@ impl<R: Read> Hashing<R> {
             inner,
             sum: Checksum::new(),
             bytes: 0,
-            chunks: Vec::new(),
-            chunk: xxhash_rust::xxh3::Xxh3::new(),
         }
     }
 
@@ -104,49 +96,15 @@ impl<R: Read> Hashing<R> {
     pub fn count(&self) -> u64 {
         self.bytes
     }
-
-    /// One checksum per MiB read so far (the last one partial).
-    pub fn chunk_sums(&self) -> Vec<u64> {
-        let mut out = self.chunks.clone();
-        if self.bytes % CHUNK_BYTES != 0 {
-            out.push(self.chunk.digest());
-        }
-        out
-    }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.sum.update(&buf[..n]);
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let room = (CHUNK_BYTES - self.bytes % CHUNK_BYTES) as usize;
-            let (now, later) = rest.split_at(room.min(rest.len()));
-            self.chunk.update(now);
-            self.bytes += now.len() as u64;
-            if self.bytes % CHUNK_BYTES == 0 {
-                self.chunks.push(self.chunk.digest());
-                self.chunk.reset();
-            }
-            rest = later;
-        }
+        self.bytes += n as u64;
         Ok(n)
     }
-}
-
-/// The MiB-sized spans (by index) in which two reads of a file differ.
-pub fn differing_chunks(a: &[u64], b: &[u64]) -> Vec<usize> {
-    (0..a.len().max(b.len()))
-        .filter(|&i| a.get(i) != b.get(i))
-        .collect()
-}
-
-/// The per-MiB checksums of a file as it reads now.
-pub fn chunk_sums_of(path: &Path) -> std::io::Result<Vec<u64>> {
-    let mut r = Hashing::new(std::fs::File::open(path)?);
-    std::io::copy(&mut r, &mut std::io::sink())?;
-    Ok(r.chunk_sums())
 }
 
 /// Reads an image end to end: header, config JSON, stream through its END
@@ -194,26 +152,6 @@ mod tests {
         let mut v = XlHeader::new(r#"{"c_info":{"name":"g1"}}"#).to_bytes();
         v.extend_from_slice(&synth::stream(pages));
         v
-    }
-
-    #[test]
-    fn per_mib_checksums_locate_a_difference_whatever_the_read_sizes() {
-        let data: Vec<u8> = (0..(3 * CHUNK_BYTES as usize + 777))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let sums = |d: &[u8], step: usize| {
-            let mut r = Hashing::new(d);
-            let mut buf = vec![0u8; step];
-            while r.read(&mut buf).unwrap() > 0 {}
-            r.chunk_sums()
-        };
-        let a = sums(&data, 4096);
-        assert_eq!(a.len(), 4);
-        assert_eq!(a, sums(&data, 1_000_003), "read sizes do not matter");
-        let mut other = data.clone();
-        other[2 * CHUNK_BYTES as usize + 5] ^= 1;
-        assert_eq!(differing_chunks(&a, &sums(&other, 65536)), [2]);
-        assert_eq!(differing_chunks(&a, &a[..3]), [3]);
     }
 
     #[test]
