@@ -96,6 +96,22 @@ fn save_then_restore_brings_the_same_guest_back() {
 }
 
 #[test]
+fn read_back_reads_the_image_from_the_device_before_the_guest_goes() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let opts = SaveOptions {
+        read_back: true,
+        ..save_opts(t.path())
+    };
+    let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();
+    assert!(r.read_back);
+    assert_eq!(state(&ts, "web-1"), None, "destroyed once read back intact");
+    let plain = guest::save(&ts, &name("db-1"), &save_opts(t.path()), &no_progress()).unwrap();
+    assert!(!plain.read_back && plain.timings.verify_ms == 0);
+    guest::verify(&r.image).unwrap();
+}
+
+#[test]
 fn keep_running_is_a_checkpoint() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());
