@@ -24,6 +24,10 @@ const LIBXC_MARKER: u64 = u64::MAX;
 const LIBXC_ID: u32 = 0x5845_4e46; // "XENF"
 const LIBXC_REC_END: u32 = 0;
 const LIBXC_REC_PAGE_DATA: u32 = 1;
+/// PAGE_DATA's fixed head: count, reserved, then the first pfn (its type in
+/// the top bits).
+const PAGE_DATA_HEAD: usize = 16;
+const PAGE_DATA_PFN_MASK: u64 = (1 << 52) - 1;
 /// Highest mandatory record type in stream v3 (Xen 4.14+: X86_MSR_POLICY).
 const LIBXC_REC_MAX_V3: u32 = 0x12;
 const LIBXC_REC_MAX_V2: u32 = 0x0f;
@@ -67,7 +71,16 @@ enum State {
     LibxcImageHeader,
     LibxcDomainHeader,
     RecordHeader(Layer),
-    Body { layer: Layer, data: u64, pad: u64 },
+    /// The head of a PAGE_DATA record, for its first pfn.
+    PageDataHead {
+        data: u64,
+        pad: u64,
+    },
+    Body {
+        layer: Layer,
+        data: u64,
+        pad: u64,
+    },
     Done,
 }
 
@@ -84,6 +97,12 @@ pub struct StreamScanner {
     libxl_records: u64,
     libxc_records: u64,
     page_data_records: u64,
+    /// First pfn of the last PAGE_DATA record, and how many passes over
+    /// memory the stream has begun (see `memory_passes`).
+    last_pfn: Option<u64>,
+    passes: u32,
+    /// Pfns the first pass has sent so far.
+    first_pass_pfns: u64,
 }
 
 impl Default for StreamScanner {
@@ -98,6 +117,9 @@ impl Default for StreamScanner {
             libxl_records: 0,
             libxc_records: 0,
             page_data_records: 0,
+            last_pfn: None,
+            passes: 0,
+            first_pass_pfns: 0,
         }
     }
 }
@@ -123,6 +145,19 @@ impl StreamScanner {
     /// Bytes consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Passes over guest memory begun so far. libxc sends each pass in
+    /// ascending pfn order, so a record that starts at or below where the
+    /// one before started begins the next pass: after the first, a live
+    /// save is sending what the guest dirtied meanwhile.
+    pub fn memory_passes(&self) -> u32 {
+        self.passes
+    }
+
+    /// Pfns (pages, and holes without data) the first pass has sent so far.
+    pub fn first_pass_pfns(&self) -> u64 {
+        self.first_pass_pfns
     }
 
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), ImageError> {
@@ -191,6 +226,7 @@ impl StreamScanner {
                 State::LibxlHeader => "libxl stream header",
                 State::LibxcImageHeader | State::LibxcDomainHeader => "libxc stream header",
                 State::RecordHeader(Layer::Libxc)
+                | State::PageDataHead { .. }
                 | State::Body {
                     layer: Layer::Libxc,
                     ..
@@ -230,6 +266,7 @@ impl StreamScanner {
             State::LibxcImageHeader => 24,
             State::LibxcDomainHeader => 16,
             State::RecordHeader(_) => 8,
+            State::PageDataHead { .. } => PAGE_DATA_HEAD,
             State::Body { .. } | State::Done => 0,
         }
     }
@@ -339,7 +376,10 @@ impl StreamScanner {
                         if rtype == LIBXC_REC_PAGE_DATA {
                             self.page_data_records += 1;
                         }
-                        self.state = if rtype == LIBXC_REC_END {
+                        self.state = if rtype == LIBXC_REC_PAGE_DATA && len >= PAGE_DATA_HEAD as u64
+                        {
+                            State::PageDataHead { data: len, pad }
+                        } else if rtype == LIBXC_REC_END {
                             if len != 0 {
                                 return Err(at(
                                     self,
@@ -365,6 +405,28 @@ impl StreamScanner {
                     self.state = State::RecordHeader(layer);
                 }
             }
+            State::PageDataHead { data, pad } => {
+                let pfn =
+                    u64::from_ne_bytes(b[8..16].try_into().expect("8 bytes")) & PAGE_DATA_PFN_MASK;
+                if self.last_pfn.is_none_or(|last| pfn <= last) {
+                    self.passes += 1;
+                }
+                self.last_pfn = Some(pfn);
+                if self.passes == 1 {
+                    self.first_pass_pfns += u64::from(ne32(&b[0..4]));
+                }
+                self.state = State::Body {
+                    layer: Layer::Libxc,
+                    data: data - PAGE_DATA_HEAD as u64,
+                    pad,
+                };
+                if let State::Body {
+                    data: 0, pad: 0, ..
+                } = self.state
+                {
+                    self.state = State::RecordHeader(Layer::Libxc);
+                }
+            }
             State::Body { .. } | State::Done => unreachable!("no fixed part"),
         }
         Ok(())
@@ -384,6 +446,19 @@ pub mod synth {
     /// As `stream`, with `tag` written into the first page (the simulator
     /// keeps a guest's identity there to prove what was restored).
     pub fn stream_with(pages: usize, tag: &[u8]) -> Vec<u8> {
+        build(&[pages], tag).0
+    }
+
+    /// A live save's stream: a full pass over `pages`, one page the guest
+    /// dirtied meanwhile, then (from the offset returned, where libxc pauses
+    /// the guest) the final pass's one page and the rest.
+    pub fn live_stream_with(pages: usize, tag: &[u8]) -> (Vec<u8>, usize) {
+        let (s, starts) = build(&[pages, 1, 1], tag);
+        (s, starts[2])
+    }
+
+    /// The stream, and where each pass over memory starts in it.
+    fn build(passes: &[usize], tag: &[u8]) -> (Vec<u8>, Vec<usize>) {
         let mut s = Vec::new();
         s.extend_from_slice(&super::LIBXL_IDENT.to_be_bytes());
         s.extend_from_slice(&2u32.to_be_bytes());
@@ -399,24 +474,28 @@ pub mod synth {
         s.extend_from_slice(&4u32.to_ne_bytes());
         s.extend_from_slice(&17u32.to_ne_bytes());
         rec(&mut s, 2, &[8, 4, 0, 0, 0, 0, 0, 0]); // X86_PV_INFO
-        for p in 0..pages {
-            let mut body = Vec::new();
-            body.extend_from_slice(&1u32.to_ne_bytes());
-            body.extend_from_slice(&0u32.to_ne_bytes());
-            body.extend_from_slice(&(p as u64).to_ne_bytes());
-            let mut page = vec![(p % 251) as u8; 4096];
-            if p == 0 {
-                let n = tag.len().min(4096);
-                page[..n].copy_from_slice(&tag[..n]);
+        let mut starts = Vec::new();
+        for &pages in passes {
+            starts.push(s.len());
+            for p in 0..pages {
+                let mut body = Vec::new();
+                body.extend_from_slice(&1u32.to_ne_bytes());
+                body.extend_from_slice(&0u32.to_ne_bytes());
+                body.extend_from_slice(&(p as u64).to_ne_bytes());
+                let mut page = vec![(p % 251) as u8; 4096];
+                if p == 0 {
+                    let n = tag.len().min(4096);
+                    page[..n].copy_from_slice(&tag[..n]);
+                }
+                body.extend_from_slice(&page);
+                rec(&mut s, 1, &body);
             }
-            body.extend_from_slice(&page);
-            rec(&mut s, 1, &body);
         }
         rec(&mut s, 0x8000_0042, &[1, 2, 3]); // optional, unknown: skipped
         rec(&mut s, 0, &[]); // libxc END
         rec(&mut s, 2, b"\0\0\0\0\0\0\0\0a\0b\0"); // EMULATOR_XENSTORE_DATA, 12 bytes
         rec(&mut s, 0, &[]); // libxl END
-        s
+        (s, starts)
     }
 
     pub fn rec(s: &mut Vec<u8>, rtype: u32, body: &[u8]) {
@@ -468,6 +547,33 @@ mod tests {
             assert_eq!(sum.page_data_records, 3);
             assert_eq!(sum.libxl_records, 3);
             assert_eq!(sum.bytes, bytes.len() as u64);
+        }
+    }
+
+    #[test]
+    fn passes_over_memory_are_counted_where_pfns_start_over() {
+        for chunk in [1, 8, 4096, 1 << 20] {
+            let mut plain = StreamScanner::new();
+            for c in stream(3).chunks(chunk) {
+                plain.feed(c).unwrap();
+            }
+            assert_eq!(plain.memory_passes(), 1);
+            let (live, paused_at) = live_stream_with(3, b"t");
+            let mut s = StreamScanner::new();
+            for c in live[..paused_at].chunks(chunk) {
+                s.feed(c).unwrap();
+            }
+            assert_eq!(
+                s.memory_passes(),
+                2,
+                "the first pass is over before the pause"
+            );
+            assert_eq!(s.first_pass_pfns(), 3);
+            for c in live[paused_at..].chunks(chunk) {
+                s.feed(c).unwrap();
+            }
+            assert_eq!(s.memory_passes(), 3);
+            assert_eq!(s.finish().unwrap().page_data_records, 5);
         }
     }
 
