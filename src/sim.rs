@@ -68,6 +68,16 @@ pub struct SimHost {
     /// Rebuilt by `Sim::new`, kept by every change `Sim` makes.
     #[serde(skip)]
     index: SimIndex,
+    #[serde(skip)]
+    saves: SaveLog,
+}
+
+/// Live saves begun, and each suspend by a save: the guest, and how many
+/// live saves had begun by then.
+#[derive(Debug, Clone, Default)]
+struct SaveLog {
+    live_begun: usize,
+    suspends: Vec<(DomId, usize)>,
 }
 
 /// Lookups that stay cheap with thousands of simulated guests (a scan per
@@ -232,6 +242,12 @@ impl Sim {
         Ok(Sim {
             host: Mutex::new(host),
         })
+    }
+
+    /// Each guest suspended by a save, in order, with how many live saves
+    /// had begun by then.
+    pub fn suspends(&self) -> Vec<(DomId, usize)> {
+        self.lock().saves.suspends.clone()
     }
 
     /// Makes `call` fail from now on (for `domid` only, if given).
@@ -450,8 +466,11 @@ impl Toolstack for Sim {
         })
     }
 
-    fn save(&self, domid: DomId, _live: bool, out: &mut (dyn Write + Send)) -> Result<()> {
-        self.with(Call::Save, Some(domid), |h| {
+    /// A live save sends its first passes with the host unlocked and the
+    /// guest running (the caller may look at the host meanwhile, as the
+    /// drain's pause gate does), then suspends the guest and sends the rest.
+    fn save(&self, domid: DomId, live: bool, out: &mut (dyn Write + Send)) -> Result<()> {
+        let (stream, paused_at) = self.with(Call::Save, Some(domid), |h| {
             let d = find(h, domid)?;
             if d.detail.info.state == DomainState::Shutdown {
                 return Err(ToolstackError::Libxl {
@@ -459,15 +478,31 @@ impl Toolstack for Sim {
                     code: xenlight_sys::ERROR_FAIL,
                 });
             }
-            out.write_all(&synth::stream_with(SIM_PAGES, &sim_tag(d.detail.info.uuid)))
+            let tag = sim_tag(d.detail.info.uuid);
+            Ok(if live {
+                synth::live_stream_with(SIM_PAGES, &tag)
+            } else {
+                (synth::stream_with(SIM_PAGES, &tag), 0)
+            })
+        })?;
+        let send = |out: &mut (dyn Write + Send), bytes: &[u8]| {
+            out.write_all(bytes)
                 .and_then(|()| out.flush())
-                .map_err(|e| {
-                    ToolstackError::Stream(format!("writing the save stream failed: {e}"))
-                })?;
+                .map_err(|e| ToolstackError::Stream(format!("writing the save stream failed: {e}")))
+        };
+        if live {
+            self.lock().saves.live_begun += 1;
+        }
+        send(out, &stream[..paused_at])?;
+        {
+            let mut h = self.lock();
+            let d = find(&mut h, domid)?;
             d.detail.info.state = DomainState::Shutdown;
             d.detail.info.shutdown_reason = Some(ShutdownReason::Suspend);
-            Ok(())
-        })
+            let begun = h.saves.live_begun;
+            h.saves.suspends.push((domid, begun));
+        }
+        send(out, &stream[paused_at..])
     }
 
     fn resume(&self, domid: DomId) -> Result<()> {
@@ -644,6 +679,7 @@ mod tests {
             faults: vec![],
             boot_entries: default_boot_entries(),
             index: SimIndex::default(),
+            saves: SaveLog::default(),
         }
     }
 

@@ -31,13 +31,14 @@ fn restore(ts: &Sim, image: &Path, paused: bool) -> Result<guest::RestoreReport,
     guest::restore(ts, image, &RestoreOptions { paused }, &no_progress())
 }
 
-fn save_opts(dir: &Path) -> SaveOptions {
+fn save_opts(dir: &Path) -> SaveOptions<'static> {
     SaveOptions {
         out: None,
         image_dir: dir.join("images"),
         live: false,
         keep_running: false,
         read_back: false,
+        gate: None,
     }
 }
 
@@ -101,6 +102,7 @@ fn read_back_reads_the_image_from_the_device_before_the_guest_goes() {
     let ts = sim(t.path());
     let opts = SaveOptions {
         read_back: true,
+        gate: None,
         ..save_opts(t.path())
     };
     let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();

@@ -1040,3 +1040,34 @@ fn prune_deletes_old_finished_runs_images_only() {
     // Nothing more to do the second time.
     assert_eq!(s.prune(1).unwrap().images, 0);
 }
+
+/// Live saves pause together: with two lanes and six guests, every save
+/// has begun (its first pass sent with the guest running) before the first
+/// guest pauses; two lanes still bound the copying, and the whole cycle
+/// brings every guest back. Without the pause gate the first guest would
+/// pause after at most two saves had begun.
+#[test]
+fn live_saves_pause_together_at_the_end_of_the_drain() {
+    let t = tempfile::tempdir().unwrap();
+    let h = common::many_guests(t.path(), 6);
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let p = Policy {
+        live: true,
+        ..policy(t.path(), 2)
+    };
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    let (_, drained) = s.drain().unwrap();
+    assert_eq!(drained.phase, Phase::Drained);
+    let pauses = ts.suspends();
+    assert_eq!(pauses.len(), 6, "{pauses:?}");
+    assert!(pauses.iter().all(|&(_, begun)| begun == 6), "{pauses:?}");
+
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    let s2 = seq(&after, &boot, t.path(), p, &never);
+    let (_, done) = s2.resume().unwrap().unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert_all_back(&after, &want, "after a live drain");
+}

@@ -449,6 +449,8 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 live: *live,
                 keep_running: *keep_running,
                 read_back: *read_back,
+                // One guest: nothing to pause together with.
+                gate: None,
             };
             guest::save(ts, domain, &opts, &out, args.quiet)?
         }

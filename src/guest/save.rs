@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{millis, OpError, Progress, ProgressFn, Recovery};
-use crate::domain::{DomId, DomainRef};
+use crate::domain::{DomId, DomainRef, DomainState};
 use crate::durable;
 use crate::image::{
     self, manifest_path, Checksum, DiskIdentity, ImageError, Manifest, SavedOn, StreamScanner,
@@ -16,7 +16,7 @@ use crate::image::{
 };
 use crate::toolstack::Toolstack;
 
-pub struct SaveOptions {
+pub struct SaveOptions<'a> {
     /// Image path; default `<image_dir>/<uuid>.xl`.
     pub out: Option<PathBuf>,
     pub image_dir: PathBuf,
@@ -29,6 +29,23 @@ pub struct SaveOptions {
     /// traffic while the guest is down; the checks on the stream as written
     /// and the fsync are made either way.
     pub read_back: bool,
+    /// Where a live save waits once its first pass over memory is sent
+    /// (see `PauseGate`); none: it goes straight on.
+    pub gate: Option<&'a dyn PauseGate>,
+}
+
+/// Lets guests saved live together pause together. libxc pauses a guest
+/// only after its last pass over memory; a live save that waits near the end
+/// of its first pass (libxl's stream blocked, so libxc sends nothing and
+/// pauses nothing) keeps its guest running, its pages logged dirty, until
+/// the caller lets it go: then only the rest of that pass and the pages
+/// dirtied meanwhile are left.
+pub trait PauseGate: Send + Sync {
+    /// Returns when the save may go on. Called at most once per save, on
+    /// libxl's copy thread; `running()` turning false (libxc paused the
+    /// guest anyway, or someone else did) must end the wait at once:
+    /// waiting would then only lengthen the pause.
+    fn hold(&self, running: &dyn Fn() -> bool);
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +75,24 @@ struct Sink<'a> {
     last_report: Instant,
     /// Where the writeback started by the last `write_behind` ends.
     written_back: u64,
+    /// The gate, and whether the guest still runs; taken when used.
+    gate: Option<(&'a dyn PauseGate, &'a (dyn Fn() -> bool + Sync))>,
+    /// First-pass pfns after which the save waits at the gate.
+    hold_at: u64,
+}
+
+/// A live save waits at its gate this many pages before the end of its
+/// first pass (at most a sixteenth of the guest): late enough that little
+/// is left after it, early enough that libxc is still sending that pass
+/// when the stream stops, whatever the pipe holds (1 MiB), and cannot have
+/// paused the guest meanwhile.
+const HOLD_BEFORE_END_PAGES: u64 = 2048;
+
+/// Where in the first pass a live save of a guest with this much memory
+/// waits at its gate.
+fn hold_at(memory_kib: u64) -> u64 {
+    let pages = memory_kib / 4;
+    pages - HOLD_BEFORE_END_PAGES.min(pages / 16)
 }
 
 /// Bytes between two writeback kicks: the final fsync then finds at most
@@ -102,6 +137,20 @@ impl Write for Sink<'_> {
         self.sum.update(buf);
         self.bytes += buf.len() as u64;
         self.write_behind();
+        // Near the end of the first pass, or (a guest bigger than its
+        // memory figure says) once a second pass has begun.
+        if self.scanner.first_pass_pfns() >= self.hold_at || self.scanner.memory_passes() >= 2 {
+            if let Some((gate, running)) = self.gate.take() {
+                let (pfns, at) = (self.scanner.first_pass_pfns(), self.bytes);
+                log::info!("first pass at {pfns} pages ({at} bytes): waiting at the pause gate");
+                let waited = Instant::now();
+                gate.hold(running);
+                log::info!(
+                    "waited {:.1} s at the pause gate",
+                    waited.elapsed().as_secs_f64()
+                );
+            }
+        }
         if self.last_report.elapsed() >= Duration::from_millis(200) {
             self.last_report = Instant::now();
             (self.progress)(Progress {
@@ -120,7 +169,7 @@ impl Write for Sink<'_> {
 pub fn save(
     ts: &dyn Toolstack,
     domain: &DomainRef,
-    opts: &SaveOptions,
+    opts: &SaveOptions<'_>,
     progress: ProgressFn<'_>,
 ) -> Result<SaveReport, OpError> {
     let info = ts.resolve(domain)?;
@@ -144,6 +193,16 @@ pub fn save(
         return Err(durable::DurableError::Exists { path: image }.into());
     }
     let tmp = durable::tmp_path(&image);
+    let domid = info.domid;
+    let running = move || {
+        ts.list_domains().is_ok_and(|ds| {
+            ds.iter().any(|d| {
+                d.domid == domid
+                    && d.shutdown_reason.is_none()
+                    && matches!(d.state, DomainState::Running | DomainState::Blocked)
+            })
+        })
+    };
     let mut file = durable::create_fresh(&tmp)?;
     let header = XlHeader::new(&config.to_string()).to_bytes();
     let mut sum = Checksum::new();
@@ -165,6 +224,11 @@ pub fn save(
         progress,
         last_report: Instant::now(),
         written_back: 0,
+        gate: opts
+            .gate
+            .filter(|_| opts.live)
+            .map(|g| (g, &running as &(dyn Fn() -> bool + Sync))),
+        hold_at: hold_at(info.memory_kib),
     };
 
     // From here on the guest is (being) suspended: every failure resumes it.
@@ -296,6 +360,53 @@ fn read_back(image: &Path) -> Result<image::Verified, OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct CountingGate(AtomicUsize);
+
+    impl PauseGate for CountingGate {
+        fn hold(&self, running: &dyn Fn() -> bool) {
+            assert!(running());
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_live_save_waits_at_its_gate_once_near_the_end_of_its_first_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let no_progress = |_: Progress| {};
+        let gate = CountingGate(AtomicUsize::new(0));
+        let running = || true;
+        let mut sink = Sink {
+            file: File::create(t.path().join("image")).unwrap(),
+            sum: Checksum::new(),
+            scanner: StreamScanner::new(),
+            bytes: 0,
+            total: 0,
+            progress: &no_progress,
+            last_report: Instant::now(),
+            written_back: 0,
+            gate: Some((&gate, &running)),
+            hold_at: 30,
+        };
+        // Record by record: the 30th page is where it waits.
+        let data = crate::image::synth::stream(40);
+        let cuts = crate::image::synth::boundaries(40);
+        let (mut at, mut held_at_cut) = (0, None);
+        for (i, &cut) in cuts.iter().enumerate() {
+            sink.write_all(&data[at..cut]).unwrap();
+            at = cut;
+            if held_at_cut.is_none() && gate.0.load(Ordering::SeqCst) > 0 {
+                held_at_cut = Some(i);
+            }
+        }
+        sink.write_all(&data[at..]).unwrap();
+        assert_eq!(gate.0.load(Ordering::SeqCst), 1, "once per save");
+        // cuts[5] is where the first page record starts.
+        assert_eq!(held_at_cut, Some(5 + 30));
+        assert_eq!(hold_at(256 << 10), 65536 - 2048);
+        assert_eq!(hold_at(16 << 10), 4096 - 256, "a small guest: a sixteenth");
+    }
 
     #[test]
     fn the_sink_writes_behind_the_stream_and_keeps_every_byte() {
@@ -311,6 +422,8 @@ mod tests {
             progress: &no_progress,
             last_report: Instant::now(),
             written_back: 0,
+            gate: None,
+            hold_at: u64::MAX,
         };
         // A valid stream of 20 MiB of pages, written as libxl writes it.
         let data = crate::image::synth::stream_with(5 << 10, b"write-behind");

@@ -6,6 +6,7 @@
 //!
 //! The sequencer speaks only the `Toolstack` and `BootLoader` traits.
 
+mod lanes;
 mod record;
 
 use std::net::IpAddr;
@@ -25,11 +26,12 @@ use crate::image::DiskIdentity;
 use crate::boot::{BootError, BootLoader};
 use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
 use crate::durable::{self, DurableError};
-use crate::guest::{self, OpError, PowerOptions, RestoreOptions, SaveOptions};
+use crate::guest::{self, OpError, PauseGate, PowerOptions, RestoreOptions, SaveOptions};
 use crate::journal::{Journal, JournalError};
 use crate::lock::{HostLock, LockError};
 use crate::plan::{self, Action, HostFacts, PlannedGuest, Policy};
 use crate::toolstack::{Request, Toolstack, ToolstackError};
+use lanes::Lanes;
 
 /// Why a run step failed. One message each.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,10 @@ pub type Result<T> = std::result::Result<T, SeqError>;
 
 /// Guests checked at once after they are back.
 const VERIFY_LANES: usize = 64;
+/// Live saves that may wait at the pause gate at once, each a running guest
+/// in log-dirty mode with a libxl save helper blocked on its stream. More
+/// guests than this pause in waves of this many.
+const HELD_SAVES: usize = 16;
 
 /// How long one probe of an address waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -331,8 +337,17 @@ impl<'a> Sequencer<'a> {
             },
         )?;
 
-        let results = self.each_guest(&run, &plan.guests, false, self.policy.concurrency, |g| {
-            self.drain_guest(&run, &id, g)
+        // Live saves get a worker each (up to HELD_SAVES) so that their
+        // pauses come together at the end; lanes still bound the copying.
+        let workers = if self.policy.live {
+            plan.guests.len().min(HELD_SAVES)
+        } else {
+            0
+        };
+        let lanes = Lanes::new(self.policy.concurrency, self.stop);
+        let gate = Some(&lanes as &dyn PauseGate).filter(|_| self.policy.live);
+        let results = self.each_guest(&run, &plan.guests, false, &lanes, workers, |g| {
+            self.drain_guest(&run, &id, g, gate)
         });
         let failed = results?;
         if self.stop.load(Ordering::SeqCst) {
@@ -384,14 +399,16 @@ impl<'a> Sequencer<'a> {
         self.policy.on_failure == plan::OnFailure::Rollback
     }
 
-    /// Runs `f` on every guest, `lanes` at a time, in plan order (or
-    /// reverse). Returns how many failed; a crash stops everything.
+    /// Runs `f` on every guest, in plan order (or reverse), on `workers`
+    /// threads (at least one per lane), each guest holding one of `lanes`.
+    /// Returns how many failed; a crash stops everything.
     fn each_guest(
         &self,
         run: &Run,
         guests: &[PlannedGuest],
         reverse: bool,
-        lanes: usize,
+        lanes: &Lanes<'_>,
+        workers: usize,
         f: impl Fn(&PlannedGuest) -> Result<bool> + Sync,
     ) -> Result<usize> {
         let mut order: Vec<&PlannedGuest> = guests.iter().collect();
@@ -401,24 +418,31 @@ impl<'a> Sequencer<'a> {
         let next = AtomicUsize::new(0);
         let failed = AtomicUsize::new(0);
         let crash: Mutex<Option<SeqError>> = Mutex::new(None);
+        let workers = workers.max(lanes.count()).min(order.len()).max(1);
+        lanes.start_workers(workers);
         std::thread::scope(|s| {
-            for _ in 0..lanes.max(1).min(order.len().max(1)) {
-                s.spawn(|| loop {
-                    if run.crashed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(g) = order.get(i) else { return };
-                    match f(g) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) => {
-                            run.crashed.store(true, Ordering::SeqCst);
-                            let mut c = crash.lock().unwrap_or_else(|p| p.into_inner());
-                            c.get_or_insert(e);
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let _worker = lanes.worker();
+                    loop {
+                        if run.crashed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
                             return;
+                        }
+                        let _lane = lanes.lane();
+                        // Taken with the lane: guests start in order.
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(g) = order.get(i) else { return };
+                        match f(g) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                run.crashed.store(true, Ordering::SeqCst);
+                                let mut c = crash.lock().unwrap_or_else(|p| p.into_inner());
+                                c.get_or_insert(e);
+                                return;
+                            }
                         }
                     }
                 });
@@ -431,7 +455,13 @@ impl<'a> Sequencer<'a> {
     }
 
     /// Ok(false): this guest failed (recorded); Err: the run cannot go on.
-    fn drain_guest(&self, run: &Run, id: &str, g: &PlannedGuest) -> Result<bool> {
+    fn drain_guest(
+        &self,
+        run: &Run,
+        id: &str,
+        g: &PlannedGuest,
+        gate: Option<&dyn PauseGate>,
+    ) -> Result<bool> {
         let step = match g.action {
             Action::Save => Step::Save,
             Action::Shutdown => Step::Shutdown,
@@ -459,6 +489,7 @@ impl<'a> Sequencer<'a> {
                         live: self.policy.live,
                         keep_running: false,
                         read_back: self.policy.read_back,
+                        gate,
                     },
                     &|_| {},
                 )
@@ -868,8 +899,8 @@ impl<'a> Sequencer<'a> {
 
     /// Brings back every guest that is not back; returns how many could not be.
     fn bring_back_all(&self, run: &Run, state: &RunState) -> Result<usize> {
-        let lanes = self.policy.concurrency;
-        let failed = self.each_guest(run, &state.plan.guests, true, lanes, |g| {
+        let lanes = Lanes::new(self.policy.concurrency, self.stop);
+        let failed = self.each_guest(run, &state.plan.guests, true, &lanes, 0, |g| {
             let st = state
                 .guests
                 .get(&g.uuid)
@@ -883,7 +914,8 @@ impl<'a> Sequencer<'a> {
         // the journal already holds (for the guest as it runs now) is not
         // repeated by a second resume.
         let now = run.state()?;
-        self.each_guest(run, &now.plan.guests, true, VERIFY_LANES, |g| {
+        let checks = Lanes::new(VERIFY_LANES, self.stop);
+        self.each_guest(run, &now.plan.guests, true, &checks, 0, |g| {
             let back = matches!(now.guests.get(&g.uuid), Some(GuestState::Back { .. }));
             if back && !now.verified.contains_key(&g.uuid) {
                 if let Some(d) = self.find(g.uuid)? {
