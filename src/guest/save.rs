@@ -100,7 +100,23 @@ fn hold_at(memory_kib: u64) -> u64 {
 /// whole guest's memory waiting to be written.
 const WRITEBACK_WINDOW: u64 = 8 << 20;
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    /// `bytes` already written (the xl header), summed into `sum`; no gate.
+    fn new(file: File, sum: Checksum, bytes: u64, total: u64, progress: ProgressFn<'a>) -> Self {
+        Sink {
+            file,
+            sum,
+            scanner: StreamScanner::new(),
+            bytes,
+            total,
+            progress,
+            last_report: Instant::now(),
+            written_back: 0,
+            gate: None,
+            hold_at: u64::MAX,
+        }
+    }
+
     /// Starts writing the newest full window to the device, and waits for
     /// the one before it: the device works while the stream goes on.
     fn write_behind(&mut self) {
@@ -215,21 +231,17 @@ pub fn save(
         }
         .into());
     }
-    let mut sink = Sink {
+    let mut sink = Sink::new(
         file,
         sum,
-        scanner: StreamScanner::new(),
-        bytes: header.len() as u64,
-        total: info.memory_kib * 1024,
+        header.len() as u64,
+        info.memory_kib * 1024,
         progress,
-        last_report: Instant::now(),
-        written_back: 0,
-        gate: opts
-            .gate
-            .filter(|_| opts.live)
-            .map(|g| (g, &running as &(dyn Fn() -> bool + Sync))),
-        hold_at: hold_at(info.memory_kib),
-    };
+    );
+    if let Some(gate) = opts.gate.filter(|_| opts.live) {
+        sink.gate = Some((gate, &running));
+        sink.hold_at = hold_at(info.memory_kib);
+    }
 
     // From here on the guest is (being) suspended: every failure resumes it.
     let started = Instant::now();
@@ -377,18 +389,10 @@ mod tests {
         let no_progress = |_: Progress| {};
         let gate = CountingGate(AtomicUsize::new(0));
         let running = || true;
-        let mut sink = Sink {
-            file: File::create(t.path().join("image")).unwrap(),
-            sum: Checksum::new(),
-            scanner: StreamScanner::new(),
-            bytes: 0,
-            total: 0,
-            progress: &no_progress,
-            last_report: Instant::now(),
-            written_back: 0,
-            gate: Some((&gate, &running)),
-            hold_at: 30,
-        };
+        let file = File::create(t.path().join("image")).unwrap();
+        let mut sink = Sink::new(file, Checksum::new(), 0, 0, &no_progress);
+        sink.gate = Some((&gate, &running));
+        sink.hold_at = 30;
         // Record by record: the 30th page is where it waits.
         let data = crate::image::synth::stream(40);
         let cuts = crate::image::synth::boundaries(40);
@@ -413,18 +417,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("image");
         let no_progress = |_: Progress| {};
-        let mut sink = Sink {
-            file: File::create(&path).unwrap(),
-            sum: Checksum::new(),
-            scanner: StreamScanner::new(),
-            bytes: 0,
-            total: 0,
-            progress: &no_progress,
-            last_report: Instant::now(),
-            written_back: 0,
-            gate: None,
-            hold_at: u64::MAX,
-        };
+        let file = File::create(&path).unwrap();
+        let mut sink = Sink::new(file, Checksum::new(), 0, 0, &no_progress);
         // A valid stream of 20 MiB of pages, written as libxl writes it.
         let data = crate::image::synth::stream_with(5 << 10, b"write-behind");
         assert!(data.len() > 20 << 20);
