@@ -1070,4 +1070,18 @@ fn live_saves_pause_together_at_the_end_of_the_drain() {
     let (_, done) = s2.resume().unwrap().unwrap();
     assert_eq!(done.outcome, Some(Outcome::Resumed));
     assert_all_back(&after, &want, "after a live drain");
+
+    // `pause_together = false`: each guest pauses as its own save ends.
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(common::many_guests(t.path(), 6)).unwrap();
+    let p = Policy {
+        live: true,
+        pause_together: false,
+        ..policy(t.path(), 2)
+    };
+    seq(&ts, &boot_loader(), t.path(), p, &never)
+        .drain()
+        .unwrap();
+    let pauses = ts.suspends();
+    assert!(pauses[0].1 <= 2, "{pauses:?}");
 }

@@ -337,15 +337,16 @@ impl<'a> Sequencer<'a> {
             },
         )?;
 
-        // Live saves get a worker each (up to HELD_SAVES) so that their
-        // pauses come together at the end; lanes still bound the copying.
-        let workers = if self.policy.live {
+        // Live saves pausing together get a worker each (up to HELD_SAVES)
+        // so that their pauses come at the end; lanes still bound the copying.
+        let together = self.policy.live && self.policy.pause_together;
+        let workers = if together {
             plan.guests.len().min(HELD_SAVES)
         } else {
             0
         };
         let lanes = Lanes::new(self.policy.concurrency, self.stop);
-        let gate = Some(&lanes as &dyn PauseGate).filter(|_| self.policy.live);
+        let gate = Some(&lanes as &dyn PauseGate).filter(|_| together);
         let results = self.each_guest(&run, &plan.guests, false, &lanes, workers, |g| {
             self.drain_guest(&run, &id, g, gate)
         });

@@ -20,8 +20,8 @@ T0 = time.monotonic()
 # -smap/-smep: without them the PV dom0 dies at once under TCG (#PF in Xen's
 # create_bounce_frame). Tried and dropped: -avx,-avx2 (and bootscrub=false, dom0 with 2
 # vCPUs, thread=single): with them libxc failed to XZ-decompress the guest kernel
-# ("Invalid kernel") in 2 of 3 runs. That was with XSAVE on; without it (below) dom0 has
-# two vCPUs again (build-image).
+# ("Invalid kernel") in 2 of 3 runs. That was with XSAVE on; without it (below) dom0 with
+# two vCPUs was tried again and dropped again (build-image).
 # -xsave (no XSAVE, hence no AVX: Xen and dom0 switch FPU state with FXSAVE): with XSAVE,
 # processes in dom0 died now and then at the same libc instruction (a pointer just moved
 # through xmm0: systemd, a udev worker) and checksums of data that was intact came out
