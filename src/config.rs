@@ -6,7 +6,7 @@
 //! concurrency = 2              # guests saved or restored at once
 //! image_dir = "/var/lib/xenmaint/images"
 //! live = false                 # live save: the guest pauses only for the last round
-//! pause_together = true        # live saves wait near the end of their first pass, pause at the end
+//! pause_together = false       # true: live saves wait near the end of their first pass, pause at the end
 //! read_back = false            # true: read each image back from the device before its guest goes
 //! on_failure = "rollback"      # or "halt": what a failed drain does (never a reboot)
 //! keep_images = true           # false: delete an image once its guest is back and checked
@@ -89,7 +89,7 @@ mod tests {
         std::fs::write(
             &p,
             "default_action = \"shutdown\"\nconcurrency = 4\nkeep_images = false\n\
-             pause_together = false\n\
+             pause_together = true\n\
              hooks = [\"/usr/local/sbin/notify\"]\nverify_s = 30.0\n[guests.db-1]\npriority = 10\n\
              [guests.web-1]\naction = \"save\"\n",
         )
@@ -101,7 +101,7 @@ mod tests {
         assert_eq!(policy.guests["web-1"].action, Some(Action::Save));
         assert_eq!(policy.image_dir, Policy::default().image_dir);
         assert!(!policy.keep_images && Policy::default().keep_images);
-        assert!(!policy.pause_together && Policy::default().pause_together);
+        assert!(policy.pause_together && !Policy::default().pause_together);
         assert_eq!(policy.hooks, ["/usr/local/sbin/notify"]);
         assert_eq!(policy.verify_s, 30.0);
     }

@@ -53,9 +53,10 @@ pub struct Policy {
     pub concurrency: usize,
     pub image_dir: PathBuf,
     pub live: bool,
-    /// Live saves pause together at the end of the drain (the pause gate):
-    /// less downtime before the reboot, a longer drain (guests wait in
-    /// log-dirty mode, which costs busy PV guests most).
+    /// Live saves pause together at the end of the drain (the pause gate).
+    /// Off by default: on the nested host it lengthened the drain, and with
+    /// one dom0 vCPU the saves' final passes and teardowns, all at once,
+    /// kept each guest down longer (README, Performance).
     pub pause_together: bool,
     /// Read every image back from the device before its guest is destroyed
     /// (off: the stream is checked as written, then fsync'd).
@@ -92,7 +93,7 @@ impl Default for Policy {
             concurrency: 2,
             image_dir: PathBuf::from(crate::guest::DEFAULT_IMAGE_DIR),
             live: false,
-            pause_together: true,
+            pause_together: false,
             read_back: false,
             save_mib_s: 100.0,
             restore_mib_s: 100.0,

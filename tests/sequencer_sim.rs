@@ -1055,6 +1055,7 @@ fn live_saves_pause_together_at_the_end_of_the_drain() {
     let boot = boot_loader();
     let p = Policy {
         live: true,
+        pause_together: true,
         ..policy(t.path(), 2)
     };
     let s = seq(&ts, &boot, t.path(), p.clone(), &never);
@@ -1071,7 +1072,7 @@ fn live_saves_pause_together_at_the_end_of_the_drain() {
     assert_eq!(done.outcome, Some(Outcome::Resumed));
     assert_all_back(&after, &want, "after a live drain");
 
-    // `pause_together = false`: each guest pauses as its own save ends.
+    // `pause_together = false` (the default): each guest pauses as its own save ends.
     let t = tempfile::tempdir().unwrap();
     let ts = Sim::new(common::many_guests(t.path(), 6)).unwrap();
     let p = Policy {
