@@ -29,7 +29,7 @@ pub struct SaveOptions<'a> {
     /// traffic while the guest is down; the checks on the stream as written
     /// and the fsync are made either way.
     pub read_back: bool,
-    /// Where a live save waits once its first pass over memory is sent
+    /// Where a live save waits near the end of its first pass over memory
     /// (see `PauseGate`); none: it goes straight on.
     pub gate: Option<&'a dyn PauseGate>,
 }
