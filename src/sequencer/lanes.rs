@@ -2,9 +2,9 @@
 //! lets live saves pause together.
 //!
 //! Workers take a lane before a guest and give it back after. A live save
-//! whose first pass over memory is sent gives its lane back and waits at the
-//! gate, its guest running: another worker starts the next guest's first
-//! pass. The gate opens when no worker can get on without it (every one is
+//! whose first pass over memory is nearly sent gives its lane back and waits
+//! at the gate, its guest running: another worker starts the next guest's
+//! first pass. The gate opens when no worker can get on without it (every one is
 //! waiting there or has run out of guests); the waiting saves then all go
 //! on at once, each pausing its guest only for the rest of its first pass
 //! and the pages it dirtied meanwhile, and hold their lanes again (no new
