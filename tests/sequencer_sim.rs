@@ -1086,3 +1086,34 @@ fn live_saves_pause_together_at_the_end_of_the_drain() {
     let pauses = ts.suspends();
     assert!(pauses[0].1 <= 2, "{pauses:?}");
 }
+
+/// A save that fails while others wait at the pause gate: the others still
+/// go on (the failed guest's worker moves on, and the gate opens once every
+/// worker waits or is done), all five pause together, and the failed drain
+/// rolls back with every guest running again.
+#[test]
+fn a_failed_save_under_the_pause_gate_holds_nobody_up() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(common::many_guests(t.path(), 6)).unwrap();
+    let want = guests(&ts);
+    let third = ts.list_domains().unwrap()[3].domid;
+    ts.inject(Fault {
+        call: Call::Save,
+        domid: Some(third),
+        message: "disk error".into(),
+    });
+    let p = Policy {
+        live: true,
+        pause_together: true,
+        ..policy(t.path(), 2)
+    };
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p, &never);
+    let e = s.drain().unwrap_err();
+    assert!(matches!(e, SeqError::DrainFailed { failed: 1, .. }), "{e}");
+    let pauses = ts.suspends();
+    assert_eq!(pauses.len(), 5, "{pauses:?}");
+    assert!(pauses.iter().all(|&(_, begun)| begun == 5), "{pauses:?}");
+    ts.clear_faults();
+    assert_all_back(&ts, &want, "after the rollback");
+}
