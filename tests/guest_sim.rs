@@ -102,7 +102,6 @@ fn read_back_reads_the_image_from_the_device_before_the_guest_goes() {
     let ts = sim(t.path());
     let opts = SaveOptions {
         read_back: true,
-        gate: None,
         ..save_opts(t.path())
     };
     let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();

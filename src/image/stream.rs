@@ -124,6 +124,15 @@ impl Default for StreamScanner {
     }
 }
 
+/// A record's body, or straight the next record's header if it has none.
+fn body(layer: Layer, data: u64, pad: u64) -> State {
+    if data == 0 && pad == 0 {
+        State::RecordHeader(layer)
+    } else {
+        State::Body { layer, data, pad }
+    }
+}
+
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(b.try_into().expect("4 bytes"))
 }
@@ -353,11 +362,7 @@ impl StreamScanner {
                         self.state = match rtype {
                             LIBXL_REC_END => State::Done,
                             LIBXL_REC_LIBXC_CONTEXT => State::LibxcImageHeader,
-                            _ => State::Body {
-                                layer,
-                                data: len,
-                                pad,
-                            },
+                            _ => body(layer, len, pad),
                         };
                     }
                     Layer::Libxc => {
@@ -388,21 +393,9 @@ impl StreamScanner {
                             }
                             State::RecordHeader(Layer::Libxl)
                         } else {
-                            State::Body {
-                                layer,
-                                data: len,
-                                pad,
-                            }
+                            body(layer, len, pad)
                         };
                     }
-                }
-                if let State::Body {
-                    data: 0,
-                    pad: 0,
-                    layer,
-                } = self.state
-                {
-                    self.state = State::RecordHeader(layer);
                 }
             }
             State::PageDataHead { data, pad } => {
@@ -415,17 +408,7 @@ impl StreamScanner {
                 if self.passes == 1 {
                     self.first_pass_pfns += u64::from(ne32(&b[0..4]));
                 }
-                self.state = State::Body {
-                    layer: Layer::Libxc,
-                    data: data - PAGE_DATA_HEAD as u64,
-                    pad,
-                };
-                if let State::Body {
-                    data: 0, pad: 0, ..
-                } = self.state
-                {
-                    self.state = State::RecordHeader(Layer::Libxc);
-                }
+                self.state = body(Layer::Libxc, data - PAGE_DATA_HEAD as u64, pad);
             }
             State::Body { .. } | State::Done => unreachable!("no fixed part"),
         }
