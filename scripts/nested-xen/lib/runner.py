@@ -185,10 +185,27 @@ class Run:
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         timeout = int(header(a.scenario, "nested-timeout") or a.timeout)
+        if a.timeout_cap is not None:   # the suite's time left
+            timeout = max(1, min(timeout, a.timeout_cap))
         killer = threading.Timer(timeout, lambda: (say(f"TIMEOUT after {timeout}s: killing QEMU"),
                                                      setattr(self, "timed_out", True), qemu.kill()))
         self.timed_out = False
         killer.start()
+        # A host that prints nothing for this long has hung (the longest quiet stretch of a
+        # passing run so far: 5 minutes, a benchmark's drain with two dom0 vCPUs): stop it
+        # now rather than at the timeout, which a retry would then pay twice.
+        silence = int(header(a.scenario, "nested-silence") or a.silence)
+        heard = {"t": time.monotonic()}
+
+        def watch():
+            while qemu.poll() is None:
+                if time.monotonic() - heard["t"] > silence:
+                    say(f"TIMEOUT: nothing on the serial console for {silence}s: killing QEMU")
+                    self.timed_out = True
+                    qemu.kill()
+                    return
+                time.sleep(5)
+        threading.Thread(target=watch, daemon=True).start()
         last = {"t": time.monotonic(), "what": "qemu start"}
         boots = 0
 
@@ -200,6 +217,7 @@ class Run:
             last["t"], last["what"] = now, what
 
         for raw in iter(qemu.stdout.readline, b""):
+            heard["t"] = time.monotonic()
             serial.write(raw); serial.flush()
             serial_t.write(f"{time.monotonic() - T0:8.2f} ".encode() + raw)
             if a.verbose:
@@ -303,6 +321,9 @@ def main():
     p.add_argument("--harness", required=True)
     p.add_argument("--guests", required=True)
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--timeout-cap", type=int, help="at most this many seconds, whatever the scenario says")
+    p.add_argument("--silence", type=int, default=int(os.environ.get("NESTED_XEN_SILENCE", 480)),
+                   help="kill the VM after this many seconds without serial output")
     p.add_argument("--outside-timeout", type=int, default=120)
     p.add_argument("--mem", type=int, default=3072)
     p.add_argument("--keep", action="store_true")
