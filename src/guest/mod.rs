@@ -10,7 +10,7 @@ mod restore;
 mod save;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use power::{destroy, pause, power, PowerOptions, PowerReport};
 pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
@@ -102,6 +102,35 @@ impl std::fmt::Display for Recovery {
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Logs, at debug level, how long each step of one operation took: where a
+/// slow save or restore spends its time (`XENMAINT_LOG=debug`).
+struct Steps {
+    what: String,
+    start: Instant,
+    last: std::cell::Cell<Instant>,
+}
+
+impl Steps {
+    fn new(what: String) -> Steps {
+        let now = Instant::now();
+        Steps {
+            what,
+            start: now,
+            last: now.into(),
+        }
+    }
+
+    fn done(&self, step: &str) {
+        let now = Instant::now();
+        log::debug!(
+            "{}: {step} in {} ms ({} ms in all)",
+            self.what,
+            millis(now - self.last.replace(now)),
+            millis(now - self.start)
+        );
+    }
 }
 
 /// Deletes an image and its manifest (once its guest is back and checked),

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{millis, OpError, Progress, ProgressFn};
+use super::{millis, OpError, Progress, ProgressFn, Steps};
 use crate::domain::{DomId, DomainRef, Uuid};
 use crate::image::{self, Hashing, ImageError, Manifest, StreamScanner, StreamSummary, XlHeader};
 use crate::toolstack::{Toolstack, ToolstackError};
@@ -104,6 +104,7 @@ fn restore_once(
     opts: &RestoreOptions,
     progress: ProgressFn<'_>,
 ) -> Result<RestoreReport, OpError> {
+    let steps = Steps::new(format!("restore {}", image.display()));
     let manifest = Manifest::load_for(image)?;
     let file = File::open(image).map_err(ImageError::Io)?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -120,6 +121,7 @@ fn restore_once(
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| ImageError::Corrupt("config has no valid c_info.uuid".into()))?;
     preflight(ts, &config, &name, uuid)?;
+    steps.done("read the header and checked the host");
 
     let mut source = Source {
         inner: reader,
@@ -131,6 +133,7 @@ fn restore_once(
     };
     let started = Instant::now();
     let restored = ts.restore(&config, &mut source);
+    steps.done("restored the stream");
     let size = source.inner.count();
     let scanned = source.outcome.take();
     let domid = match restored {
@@ -170,6 +173,7 @@ fn restore_once(
             let _ = ts.destroy(domid);
             return Err(e.into());
         }
+        steps.done("unpaused the guest");
     }
     Ok(RestoreReport {
         name,

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{millis, OpError, Progress, ProgressFn, Recovery};
+use super::{millis, OpError, Progress, ProgressFn, Recovery, Steps};
 use crate::domain::{DomId, DomainRef, DomainState};
 use crate::durable;
 use crate::image::{
@@ -188,6 +188,7 @@ pub fn save(
     opts: &SaveOptions<'_>,
     progress: ProgressFn<'_>,
 ) -> Result<SaveReport, OpError> {
+    let steps = Steps::new(format!("save {domain}"));
     let info = ts.resolve(domain)?;
     if info.domid == 0 {
         return Err(OpError::Dom0("save"));
@@ -208,6 +209,7 @@ pub fn save(
     if image.exists() || manifest_path(&image).exists() {
         return Err(durable::DurableError::Exists { path: image }.into());
     }
+    steps.done("looked up the guest and the hypervisor");
     let tmp = durable::tmp_path(&image);
     let domid = info.domid;
     let running = move || {
@@ -243,6 +245,7 @@ pub fn save(
         sink.hold_at = hold_at(info.memory_kib);
     }
 
+    steps.done("created the image file");
     // From here on the guest is (being) suspended: every failure resumes it.
     let started = Instant::now();
     let saved = ts
@@ -250,6 +253,7 @@ pub fn save(
         .map_err(OpError::from)
         .and_then(|()| {
             let save_time = started.elapsed();
+            steps.done("wrote the stream");
             let Sink {
                 file,
                 sum,
@@ -263,6 +267,7 @@ pub fn save(
             drop(file);
             durable::publish_new(&tmp, &image)?;
             let sync_time = synced.elapsed();
+            steps.done("synced and published the image");
             Ok((save_time, sync_time, stream, bytes, sum.finish()))
         })
         .and_then(|(save_time, sync_time, stream, bytes, checksum)| {
@@ -313,6 +318,7 @@ pub fn save(
             };
             let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
             durable::replace(&manifest_path(&image), &text)?;
+            steps.done("wrote the manifest");
             Ok(manifest)
         });
 
@@ -343,8 +349,10 @@ pub fn save(
     // The image is durable and verified: only now may the guest go.
     if opts.keep_running {
         ts.resume(info.domid)?;
+        steps.done("resumed the guest");
     } else {
         ts.destroy(info.domid)?;
+        steps.done("destroyed the guest");
     }
     Ok(SaveReport {
         name: info.name,

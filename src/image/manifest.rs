@@ -170,18 +170,24 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
         };
-        // Check the format first, so a newer manifest says so rather than
-        // failing on a field it added.
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
-                path: path.clone(),
-                source,
-            })?;
-        let found = raw["format"].as_u64().unwrap_or(0);
+        // The format decides before the fields do: a newer manifest says so
+        // rather than failing on a field it added (or parsing by luck).
+        #[derive(serde::Deserialize)]
+        struct Format {
+            format: Option<u64>,
+        }
+        let found = serde_json::from_str::<Format>(&text)
+            .ok()
+            .and_then(|f| f.format)
+            .unwrap_or(0);
         if found != u64::from(MANIFEST_FORMAT) {
+            // Not JSON at all is a parse error, not a format.
+            if let Err(source) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+                return Err(ManifestError::Parse { path, source });
+            }
             return Err(ManifestError::Format { path, found });
         }
-        serde_json::from_value(raw)
+        serde_json::from_str(&text)
             .map(Some)
             .map_err(|source| ManifestError::Parse { path, source })
     }
