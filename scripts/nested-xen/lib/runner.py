@@ -320,7 +320,7 @@ def main():
     p.add_argument("--units", help="directory of systemd units shipped with xenmaint")
     p.add_argument("--harness", required=True)
     p.add_argument("--guests", required=True)
-    p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--timeout-cap", type=int, help="at most this many seconds, whatever the scenario says")
     p.add_argument("--silence", type=int, default=int(os.environ.get("NESTED_XEN_SILENCE", 480)),
                    help="kill the VM after this many seconds without serial output")
