@@ -4,7 +4,8 @@
 //! libxl never sees our files: it writes the save stream into a pipe that a
 //! thread of ours drains (writing straight into some filesystems fails with
 //! EFAULT, and this is where checksums and progress are taken), and reads a
-//! restore stream from a pipe a thread of ours fills.
+//! restore stream from a pipe a thread of ours fills with the very pages it
+//! read and checksummed (vmsplice), not with copies of them.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -45,6 +46,65 @@ fn pump(mut from: impl Read, to: &mut (impl Write + ?Sized)) -> std::io::Result<
         };
         to.write_all(&buf[..n])?;
         total += n as u64;
+    }
+}
+
+/// Buffers of the restore feed; see `Feed`.
+const FEED_BUFFERS: usize = 3;
+
+/// Feeds a restore stream into libxl's pipe without copying it a second
+/// time: each buffer read from the image is spliced into the pipe
+/// (vmsplice: the pipe refers to our pages, and libxl's read copies from
+/// them). A buffer is read into again only after two whole buffers, each at
+/// least the pipe's size, went into the pipe after it: by then the pipe
+/// holds none of its pages, and libxl has read exactly the bytes we
+/// checksummed. The buffers must outlive the pipe (a freed buffer's pages
+/// could be reused while the pipe still refers to them): the caller keeps
+/// the `Feed` until libxl has returned and the pipe is closed.
+struct Feed {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Feed {
+    fn new(pipe: &File, buffers: usize) -> Feed {
+        let size = nix::fcntl::fcntl(pipe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap_or(0);
+        let len = usize::try_from(size).unwrap_or(0).max(CHUNK);
+        Feed {
+            buffers: (0..buffers).map(|_| vec![0u8; len]).collect(),
+        }
+    }
+
+    /// Copies `from` into `to` until EOF; returns the bytes fed.
+    fn run(&mut self, from: &mut (impl Read + ?Sized), to: &File) -> std::io::Result<u64> {
+        let mut total = 0u64;
+        for i in 0.. {
+            let k = i % self.buffers.len();
+            let buf = &mut self.buffers[k];
+            // Whole buffers (but the last): the reuse rule counts them.
+            let mut filled = 0;
+            while filled < buf.len() {
+                match from.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut sent = 0;
+            while sent < filled {
+                let iov = [std::io::IoSlice::new(&buf[sent..filled])];
+                match nix::fcntl::vmsplice(to, &iov, nix::fcntl::SpliceFFlags::empty()) {
+                    Ok(n) => sent += n,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            total += filled as u64;
+            if filled < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -133,11 +193,14 @@ pub(super) fn restore(
     // init sets version 1, which would send the stream through
     // convert-legacy-stream; xl images carry v2.
     params.stream_version = 2;
-    let (rd, mut wr) = pipe()?;
+    let (rd, wr) = pipe()?;
+    // Outlives the pipe: see Feed.
+    let mut feed = Feed::new(&wr, FEED_BUFFERS);
     let mut domid: u32 = u32::MAX;
     let (rc, fed) = std::thread::scope(|s| {
+        let feed = &mut feed;
         let feeder = s.spawn(move || {
-            let r = pump(input, &mut wr);
+            let r = feed.run(input, &wr);
             drop(wr); // EOF for libxl
             r
         });
@@ -267,6 +330,56 @@ mod tests {
         assert_eq!(pump(rd, &mut out).unwrap(), data.len() as u64);
         writer.join().unwrap();
         assert_eq!(out, data);
+    }
+
+    /// A reader that waits before it reads: the pipe is full while the
+    /// feeder goes on, the case where a reused buffer would show.
+    fn feed_to_slow_reader(buffers: usize, data: &[u8]) -> Vec<u8> {
+        let (mut rd, wr) = pipe().unwrap();
+        let mut feed = Feed::new(&wr, buffers);
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let mut out = Vec::new();
+                rd.read_to_end(&mut out).unwrap();
+                out
+            });
+            let fed = feed.run(&mut std::io::Cursor::new(data), &wr).unwrap();
+            assert_eq!(fed, data.len() as u64);
+            drop(wr);
+            reader.join().unwrap()
+        })
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_feed_delivers_every_byte_in_order_while_buffers_are_reused() {
+        for len in [0, 1, CHUNK - 1, CHUNK, 7 * CHUNK + 4099] {
+            let data = sample(len);
+            assert!(
+                feed_to_slow_reader(FEED_BUFFERS, &data) == data,
+                "{len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn one_buffer_would_be_overwritten_in_the_pipe() {
+        // Why the feed keeps three: with one, the pipe still refers to the
+        // buffer when the next read overwrites it.
+        let data = sample(4 * CHUNK);
+        assert!(feed_to_slow_reader(1, &data) != data);
     }
 
     #[test]
