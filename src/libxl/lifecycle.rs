@@ -74,7 +74,7 @@ impl Feed {
         }
     }
 
-    /// Copies `from` into `to` until EOF; returns the bytes fed.
+    /// Feeds `from` into the pipe `to` until EOF; returns the bytes fed.
     fn run(&mut self, from: &mut (impl Read + ?Sized), to: &File) -> std::io::Result<u64> {
         let mut total = 0u64;
         for i in 0.. {
