@@ -383,6 +383,17 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_stops_early_ends_the_feed_with_epipe() {
+        // libxl giving up on a corrupt stream closes its end of the pipe.
+        let (rd, wr) = pipe().unwrap();
+        let mut feed = Feed::new(&wr, FEED_BUFFERS);
+        drop(rd);
+        let data = sample(3 * CHUNK);
+        let err = feed.run(&mut std::io::Cursor::new(&data), &wr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
     fn a_failing_sink_unblocks_the_writer_with_epipe() {
         struct Full;
         impl Write for Full {
