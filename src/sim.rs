@@ -7,7 +7,7 @@
 //! `xenmaint info --json` prints), and faults to inject.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,7 +19,7 @@ use crate::domain::{
     Mac, Nic, PhysInfo, ShutdownReason, Uuid,
 };
 use crate::image::{synth, StreamScanner};
-use crate::toolstack::{Call, Request, Result, Toolstack, ToolstackError};
+use crate::toolstack::{Call, Request, Result, SaveSink, Toolstack, ToolstackError};
 
 /// A failure to inject: `call` fails with `message`, for every domain or only
 /// for `domid`.
@@ -469,7 +469,7 @@ impl Toolstack for Sim {
     /// A live save sends its first passes with the host unlocked and the
     /// guest running (the caller may look at the host meanwhile, as the
     /// drain's pause gate does), then suspends the guest and sends the rest.
-    fn save(&self, domid: DomId, live: bool, out: &mut (dyn Write + Send)) -> Result<()> {
+    fn save(&self, domid: DomId, live: bool, out: &mut dyn SaveSink) -> Result<()> {
         let (stream, paused_at) = self.with(Call::Save, Some(domid), |h| {
             let d = find(h, domid)?;
             if d.detail.info.state == DomainState::Shutdown {
@@ -485,7 +485,7 @@ impl Toolstack for Sim {
                 (synth::stream_with(SIM_PAGES, &tag), 0)
             })
         })?;
-        let send = |out: &mut (dyn Write + Send), bytes: &[u8]| {
+        let send = |out: &mut dyn SaveSink, bytes: &[u8]| {
             out.write_all(bytes)
                 .and_then(|()| out.flush())
                 .map_err(|e| ToolstackError::Stream(format!("writing the save stream failed: {e}")))

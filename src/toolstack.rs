@@ -70,6 +70,20 @@ impl std::fmt::Display for Call {
 
 pub type Result<T> = std::result::Result<T, ToolstackError>;
 
+/// Where a save stream goes. A toolstack with the bytes in hand writes
+/// them; one that gets them from a reader (libxl's pipe) hands the reader
+/// over, so that a sink with a buffer of its own reads straight into it
+/// instead of taking a copy.
+pub trait SaveSink: Write + Send {
+    /// Takes everything `from` yields until EOF; returns how many bytes.
+    fn read_all(&mut self, from: &mut dyn Read) -> std::io::Result<u64> {
+        std::io::copy(from, self)
+    }
+}
+
+impl SaveSink for std::io::Sink {}
+impl SaveSink for Vec<u8> {}
+
 /// A Xen host as the rest of xenmaint sees it. Read-only for now; save,
 /// restore and lifecycle calls join it with the domain-operations work.
 pub trait Toolstack: Sync {
@@ -97,7 +111,7 @@ pub trait Toolstack: Sync {
     /// destroyed: the caller destroys it once the image is safe, or resumes
     /// it. `live` copies memory while the guest runs, pausing it only for the
     /// last round.
-    fn save(&self, domid: DomId, live: bool, out: &mut (dyn Write + Send)) -> Result<()>;
+    fn save(&self, domid: DomId, live: bool, out: &mut dyn SaveSink) -> Result<()>;
 
     /// Cancels a suspend: the guest runs on where it stopped (what xl does
     /// after a failed save, and for `xl save -c`).

@@ -2,7 +2,7 @@
 //! is destroyed.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -11,10 +11,10 @@ use super::{millis, OpError, Progress, ProgressFn, Recovery, Steps};
 use crate::domain::{DomId, DomainRef, DomainState};
 use crate::durable;
 use crate::image::{
-    self, manifest_path, Checksum, DiskIdentity, ImageError, Manifest, SavedOn, StreamScanner,
-    Timings, XlHeader, MANIFEST_FORMAT,
+    self, manifest_path, Checksum, DirectWriter, DiskIdentity, ImageError, Manifest, SavedOn,
+    StreamScanner, Timings, XlHeader, MANIFEST_FORMAT,
 };
-use crate::toolstack::Toolstack;
+use crate::toolstack::{SaveSink, Toolstack};
 
 pub struct SaveOptions<'a> {
     /// Image path; default `<image_dir>/<uuid>.xl`.
@@ -63,18 +63,16 @@ pub struct SaveReport {
     pub timings: Timings,
 }
 
-/// Writes the stream into the image file, checksumming and checking its
+/// Takes the stream into the image file, checksumming and checking its
 /// structure as it passes (on libxl's copy thread).
 struct Sink<'a> {
-    file: File,
+    out: DirectWriter,
     sum: Checksum,
     scanner: StreamScanner,
     bytes: u64,
     total: u64,
     progress: ProgressFn<'a>,
     last_report: Instant,
-    /// Where the writeback started by the last `write_behind` ends.
-    written_back: u64,
     /// The gate, and whether the guest still runs; taken when used.
     gate: Option<(&'a dyn PauseGate, &'a (dyn Fn() -> bool + Sync))>,
     /// First-pass pfns after which the save waits at the gate.
@@ -95,64 +93,41 @@ fn hold_at(memory_kib: u64) -> u64 {
     pages - HOLD_BEFORE_END_PAGES.min(pages / 16)
 }
 
-/// Bytes between two writeback kicks: the final fsync then finds at most
-/// about two windows of dirty pages, and dom0's page cache never holds a
-/// whole guest's memory waiting to be written.
-const WRITEBACK_WINDOW: u64 = 8 << 20;
-
 impl<'a> Sink<'a> {
-    /// `bytes` already written (the xl header), summed into `sum`; no gate.
-    fn new(file: File, sum: Checksum, bytes: u64, total: u64, progress: ProgressFn<'a>) -> Self {
-        Sink {
-            file,
+    /// Starts the image with `header` (the xl header: summed, not part of
+    /// the stream); no gate.
+    fn new(
+        mut out: DirectWriter,
+        header: &[u8],
+        total: u64,
+        progress: ProgressFn<'a>,
+    ) -> std::io::Result<Self> {
+        let mut sum = Checksum::new();
+        let mut rest = header;
+        while !rest.is_empty() {
+            let n = out.put(rest)?;
+            sum.update(out.last(n));
+            rest = &rest[n..];
+        }
+        Ok(Sink {
+            out,
             sum,
             scanner: StreamScanner::new(),
-            bytes,
+            bytes: header.len() as u64,
             total,
             progress,
             last_report: Instant::now(),
-            written_back: 0,
             gate: None,
             hold_at: u64::MAX,
-        }
+        })
     }
 
-    /// Starts writing the newest full window to the device, and waits for
-    /// the one before it: the device works while the stream goes on.
-    fn write_behind(&mut self) {
-        if self.bytes < self.written_back + WRITEBACK_WINDOW {
-            return;
-        }
-        let fd = self.file.as_raw_fd();
-        let start = self.written_back as libc::off64_t;
-        let len = (self.bytes - self.written_back) as libc::off64_t;
-        // SAFETY: advisory calls on an fd we own, over ranges already
-        // written; failure (e.g. a filesystem without it) only leaves the
-        // work to the final fsync, whose result is what counts.
-        unsafe {
-            libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
-            if start > 0 {
-                libc::sync_file_range(
-                    fd,
-                    0,
-                    start,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-            }
-        }
-        self.written_back = self.bytes;
-    }
-}
-
-impl Write for Sink<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.scanner.feed(buf).map_err(std::io::Error::other)?;
-        self.file.write_all(buf)?;
-        self.sum.update(buf);
-        self.bytes += buf.len() as u64;
-        self.write_behind();
+    /// Checks, sums and reports the `n` bytes the writer just took.
+    fn take(&mut self, n: usize) -> std::io::Result<()> {
+        let data = self.out.last(n);
+        self.scanner.feed(data).map_err(std::io::Error::other)?;
+        self.sum.update(data);
+        self.bytes += n as u64;
         // Near the end of the first pass, or (a guest bigger than its
         // memory figure says) once a second pass has begun.
         if self.scanner.first_pass_pfns() >= self.hold_at || self.scanner.memory_passes() >= 2 {
@@ -174,11 +149,38 @@ impl Write for Sink<'_> {
                 total: self.total,
             });
         }
-        Ok(buf.len())
+        Ok(())
+    }
+}
+
+/// For a toolstack with the bytes in hand (the simulator).
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.put(buf)?;
+        self.take(n)?;
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        Ok(())
+    }
+}
+
+/// For libxl's pipe: read straight into the writer's buffer.
+impl SaveSink for Sink<'_> {
+    fn read_all(&mut self, from: &mut dyn Read) -> std::io::Result<u64> {
+        let mut total = 0;
+        loop {
+            match self.out.read_from(from) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    self.take(n)?;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -221,25 +223,16 @@ pub fn save(
             })
         })
     };
-    let mut file = durable::create_fresh(&tmp)?;
+    let out = DirectWriter::new(durable::create_fresh(&tmp)?);
+    let direct = out.is_direct();
     let header = XlHeader::new(&config.to_string()).to_bytes();
-    let mut sum = Checksum::new();
-    sum.update(&header);
-    if let Err(e) = file.write_all(&header) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(durable::DurableError::Io {
-            path: tmp,
-            source: e,
+    let mut sink = match Sink::new(out, &header, info.memory_kib * 1024, progress) {
+        Ok(sink) => sink,
+        Err(source) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(durable::DurableError::Io { path: tmp, source }.into());
         }
-        .into());
-    }
-    let mut sink = Sink::new(
-        file,
-        sum,
-        header.len() as u64,
-        info.memory_kib * 1024,
-        progress,
-    );
+    };
     if let Some(gate) = opts.gate.filter(|_| opts.live) {
         sink.gate = Some((gate, &running));
         sink.hold_at = hold_at(info.memory_kib);
@@ -253,9 +246,13 @@ pub fn save(
         .map_err(OpError::from)
         .and_then(|()| {
             let save_time = started.elapsed();
-            steps.done("wrote the stream");
+            steps.done(if direct {
+                "wrote the stream (O_DIRECT)"
+            } else {
+                "wrote the stream (page cache)"
+            });
             let Sink {
-                file,
+                out,
                 sum,
                 scanner,
                 bytes,
@@ -263,6 +260,10 @@ pub fn save(
             } = sink;
             let stream = scanner.finish()?;
             let synced = Instant::now();
+            let file = out.finish().map_err(|source| durable::DurableError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
             durable::sync(&file, &tmp)?;
             drop(file);
             durable::publish_new(&tmp, &image)?;
@@ -397,8 +398,8 @@ mod tests {
         let no_progress = |_: Progress| {};
         let gate = CountingGate(AtomicUsize::new(0));
         let running = || true;
-        let file = File::create(t.path().join("image")).unwrap();
-        let mut sink = Sink::new(file, Checksum::new(), 0, 0, &no_progress);
+        let out = DirectWriter::new(File::create(t.path().join("image")).unwrap());
+        let mut sink = Sink::new(out, &[], 0, &no_progress).unwrap();
         sink.gate = Some((&gate, &running));
         sink.hold_at = 30;
         // Record by record: the 30th page is where it waits.
@@ -421,26 +422,47 @@ mod tests {
     }
 
     #[test]
-    fn the_sink_writes_behind_the_stream_and_keeps_every_byte() {
+    fn the_sink_reads_a_pipe_into_the_image_and_sums_every_byte() {
         let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("image");
         let no_progress = |_: Progress| {};
-        let file = File::create(&path).unwrap();
-        let mut sink = Sink::new(file, Checksum::new(), 0, 0, &no_progress);
-        // A valid stream of 20 MiB of pages, written as libxl writes it.
-        let data = crate::image::synth::stream_with(5 << 10, b"write-behind");
-        assert!(data.len() > 20 << 20);
-        for chunk in data.chunks(1 << 20) {
-            sink.write_all(chunk).unwrap();
+        let header = XlHeader::new("{\"c_info\": {}}").to_bytes();
+        // A valid stream of 12 MiB of pages, arriving as a pipe hands it out.
+        let data = crate::image::synth::stream_with(3 << 10, b"through a pipe");
+        for buffered in [false, true] {
+            let path = t.path().join(format!("image-{buffered}"));
+            let file = File::create(&path).unwrap();
+            let out = if buffered {
+                DirectWriter::buffered(file)
+            } else {
+                DirectWriter::new(file)
+            };
+            let mut sink = Sink::new(out, &header, 0, &no_progress).unwrap();
+            let (mut rd, mut wr) = std::io::pipe().unwrap();
+            let taken = std::thread::scope(|s| {
+                let sent = &data;
+                s.spawn(move || wr.write_all(sent).unwrap());
+                sink.read_all(&mut rd).unwrap()
+            });
+            assert_eq!(taken, data.len() as u64);
+            let Sink {
+                out,
+                sum,
+                scanner,
+                bytes,
+                ..
+            } = sink;
+            scanner.finish().unwrap();
+            drop(out.finish().unwrap());
+            let mut whole = header.clone();
+            whole.extend_from_slice(&data);
+            assert_eq!(bytes, whole.len() as u64);
+            assert!(
+                std::fs::read(&path).unwrap() == whole,
+                "buffered: {buffered}"
+            );
+            let mut expected = Checksum::new();
+            expected.update(&whole);
+            assert_eq!(sum.finish(), expected.finish());
         }
-        assert!(
-            sink.written_back >= 16 << 20 && sink.written_back % (1 << 20) == 0,
-            "writeback kicked every 8 MiB, at {}",
-            sink.written_back
-        );
-        let Sink { file, scanner, .. } = sink;
-        scanner.finish().unwrap();
-        drop(file);
-        assert!(std::fs::read(&path).unwrap() == data);
     }
 }

@@ -1,6 +1,7 @@
 //! Save images: exactly xl's format (header, JSON config, libxl v2 stream),
 //! plus xenmaint's manifest beside each one.
 
+mod direct;
 mod header;
 mod manifest;
 mod stream;
@@ -8,6 +9,7 @@ mod stream;
 use std::io::Read;
 use std::path::Path;
 
+pub use direct::DirectWriter;
 pub use header::{XlHeader, FLAG_JSON, FLAG_STREAM_V2, MAGIC};
 pub use manifest::{
     manifest_path, DiskIdentity, DiskKind, Manifest, ManifestError, SavedOn, Timings,

@@ -293,7 +293,12 @@ impl Toolstack for Libxl {
         Ok(info)
     }
 
-    fn save(&self, domid: DomId, live: bool, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
+    fn save(
+        &self,
+        domid: DomId,
+        live: bool,
+        out: &mut dyn crate::toolstack::SaveSink,
+    ) -> Result<()> {
         lifecycle::save(self, domid, live, out)
     }
 

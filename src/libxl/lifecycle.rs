@@ -9,14 +9,14 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use xenlight_sys as sys;
 
 use super::Libxl;
 use crate::domain::DomId;
-use crate::toolstack::{Request, Result, ToolstackError};
+use crate::toolstack::{Request, Result, SaveSink, ToolstackError};
 
 /// 1 MiB pipes: fewer wake-ups per GiB of guest memory.
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -32,21 +32,13 @@ fn pipe() -> Result<(File, File)> {
     Ok((File::from(r), File::from(w)))
 }
 
-/// Copies until EOF. Dropping `from` on error makes the writer see EPIPE
-/// instead of blocking forever on a full pipe.
-fn pump(mut from: impl Read, to: &mut (impl Write + ?Sized)) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return to.flush().map(|()| total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
-    }
+/// Hands the pipe to the sink until EOF. `from` is dropped when this
+/// returns, on an error too, so the writer then sees EPIPE instead of
+/// blocking forever on a full pipe.
+fn pump(mut from: impl Read, to: &mut dyn SaveSink) -> std::io::Result<u64> {
+    let n = to.read_all(&mut from)?;
+    to.flush()?;
+    Ok(n)
 }
 
 /// Buffers of the restore feed; see `Feed`.
@@ -149,12 +141,7 @@ impl Drop for DomainConfig {
     }
 }
 
-pub(super) fn save(
-    lx: &Libxl,
-    domid: DomId,
-    live: bool,
-    out: &mut (dyn Write + Send),
-) -> Result<()> {
+pub(super) fn save(lx: &Libxl, domid: DomId, live: bool, out: &mut dyn SaveSink) -> Result<()> {
     let (rd, wr) = pipe()?;
     let flags = if live {
         sys::LIBXL_SUSPEND_LIVE as libc::c_int
@@ -317,6 +304,7 @@ pub(super) fn request(lx: &Libxl, domid: DomId, what: Request) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn pump_copies_everything_through_a_real_pipe() {
@@ -404,6 +392,7 @@ mod tests {
                 Ok(())
             }
         }
+        impl SaveSink for Full {}
         let (rd, mut wr) = pipe().unwrap();
         let writer = std::thread::spawn(move || {
             let chunk = vec![0u8; CHUNK];
