@@ -111,6 +111,14 @@ pub fn sync(file: &File, path: &Path) -> Result<(), DurableError> {
 /// Moves a finished file into place without replacing anything there, then
 /// makes the rename durable.
 pub fn publish_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
+    rename_new(tmp, dest)?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// `publish_new` without the directory fsync: the rename is not durable
+/// until the caller fsyncs `dest`'s directory (e.g. by a later `replace` in
+/// it), and nothing may rely on `dest` surviving a crash before that.
+pub fn rename_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
     nix::fcntl::renameat2(
         nix::fcntl::AT_FDCWD,
         tmp,
@@ -118,13 +126,20 @@ pub fn publish_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
         dest,
         nix::fcntl::RenameFlags::RENAME_NOREPLACE,
     )
-    .map_err(|e| io(dest)(std::io::Error::from(e)))?;
-    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    .map_err(|e| io(dest)(std::io::Error::from(e)))
 }
 
 /// Replaces `dest` atomically with `data`: a reader sees the old content or
 /// the new, never a mix, also after a power cut.
 pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    write_and_rename(dest, data)?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// The content durable under a temp name, then renamed over `dest`; the
+/// rename itself is durable only once the directory is fsync'd. No temp
+/// file is left on an error.
+fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
     let tmp = tmp_path(dest);
     let mut f = create_fresh(&tmp)?;
     let written = f
@@ -132,12 +147,45 @@ pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
         .map_err(io(&tmp))
         .and_then(|()| sync(&f, &tmp));
     drop(f);
-    if let Err(e) = written {
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, dest).map_err(io(dest)));
+    if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    std::fs::rename(&tmp, dest).map_err(io(dest))?;
-    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    renamed
+}
+
+/// Group commit: `replace` for many files, with one directory fsync per
+/// directory at `commit` instead of one per file. Each file's content is
+/// fsync'd before its rename, so after a crash each name holds its old
+/// content or its new, never a mix; which renames survive a crash before
+/// `commit` returns is not known, so nothing may point at these files
+/// (e.g. a journal naming them) until it has.
+#[derive(Default)]
+pub struct Batch {
+    dirs: Vec<PathBuf>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Writes `data` to `dest` as `replace` does, but leaves the rename to
+    /// be made durable by `commit`.
+    pub fn replace(&mut self, dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+        write_and_rename(dest, data)?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        // Batches write into one or a few directories: a linear look-up.
+        if !self.dirs.iter().any(|d| d == dir) {
+            self.dirs.push(dir.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Makes every rename so far durable.
+    pub fn commit(self) -> Result<(), DurableError> {
+        self.dirs.iter().try_for_each(|d| fsync_dir(d))
+    }
 }
 
 /// The temp name beside `dest` used while it is written.
@@ -223,6 +271,43 @@ mod tests {
         assert!(!tmp_path(&p).exists());
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_batch_writes_every_file_and_leaves_no_temp_file_on_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("sub/b"));
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(&a, "old").unwrap();
+        std::fs::write(tmp_path(&b), "stale from a crash").unwrap();
+        let mut batch = Batch::new();
+        batch.replace(&a, b"one").unwrap();
+        batch.replace(&b, b"two").unwrap();
+        batch.replace(&a, b"three").unwrap();
+        assert_eq!(batch.dirs.len(), 2, "one fsync per directory");
+        // A name that cannot be replaced (a directory): that one fails and
+        // leaves nothing behind; the ones before stay written.
+        let d = t.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        assert!(batch.replace(&d, b"four").is_err());
+        assert!(!tmp_path(&d).exists(), "the failed file's temp is left");
+        batch.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "three");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "two");
+        assert!(d.is_dir());
+        for dir in [t.path(), &t.path().join("sub")] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let name = e.unwrap().file_name();
+                assert!(
+                    !name.to_string_lossy().ends_with(".partial"),
+                    "{name:?} left behind"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::metadata(&b).unwrap().permissions().mode() & 0o777,
             0o600
         );
     }

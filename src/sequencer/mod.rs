@@ -312,13 +312,20 @@ impl<'a> Sequencer<'a> {
         durable::private_dir(&self.policy.image_dir)?;
         durable::private_dir(&self.policy.image_dir.join(&id))?;
         // Every guest's config, so that any of them can be cold booted later.
+        // One directory fsync for all of them (a group commit), before the
+        // journal is created: a crash before that leaves no run to resume,
+        // and once the journal exists every config is durable.
+        let mut configs = durable::Batch::new();
+        let mut text = Vec::new();
         for g in plan.guests.iter().filter(|g| g.action != Action::Skip) {
             let config = self.ts.domain_detail(g.domid)?.config;
             if let Some(config) = config {
-                let text = serde_json::to_vec_pretty(&config).expect("JSON serialises");
-                durable::replace(&config_path(&dir, g.uuid), &text)?;
+                text.clear();
+                serde_json::to_writer_pretty(&mut text, &config).expect("JSON serialises");
+                configs.replace(&config_path(&dir, g.uuid), &text)?;
             }
         }
+        configs.commit()?;
         let journal = Journal::create(&dir.join("journal"), &id, unix_now())?;
         let run = Run {
             dir,
