@@ -266,7 +266,11 @@ pub fn save(
             })?;
             durable::sync(&file, &tmp)?;
             drop(file);
-            durable::publish_new(&tmp, &image)?;
+            // The rename becomes durable with the manifest's, below: one
+            // fsync of the directory they share. The guest is destroyed only
+            // after that, and an image whose rename a crash lost was never
+            // one a run recorded as saved.
+            durable::rename_new(&tmp, &image)?;
             let sync_time = synced.elapsed();
             steps.done("synced and published the image");
             Ok((save_time, sync_time, stream, bytes, sum.finish()))
@@ -318,6 +322,7 @@ pub fn save(
                 timings,
             };
             let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+            // Also makes the image's rename durable (same directory).
             durable::replace(&manifest_path(&image), &text)?;
             steps.done("wrote the manifest");
             Ok(manifest)
