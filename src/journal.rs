@@ -68,7 +68,26 @@ struct Line<'a> {
 }
 
 fn crc_of(rec: &RawValue) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(rec.get().as_bytes()))
+    crc_of_bytes(rec.get().as_bytes())
+}
+
+fn crc_of_bytes(rec: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(rec))
+}
+
+/// The text of `Line { seq, crc, rec }` with its line end, exactly as serde
+/// writes it, but with the record serialised once, in place: its checksum
+/// goes in after, where a placeholder of the same length stood.
+fn line_of<R: Serialize>(seq: u64, rec: &R) -> Vec<u8> {
+    const PLACEHOLDER: &str = "0000000000000000";
+    let mut text = format!("{{\"seq\":{seq},\"crc\":\"{PLACEHOLDER}\",\"rec\":").into_bytes();
+    let rec_at = text.len();
+    let crc_at = rec_at - PLACEHOLDER.len() - "\",\"rec\":".len();
+    serde_json::to_writer(&mut text, rec).expect("records serialise");
+    let crc = crc_of_bytes(&text[rec_at..]);
+    text[crc_at..crc_at + PLACEHOLDER.len()].copy_from_slice(crc.as_bytes());
+    text.extend_from_slice(b"}\n");
+    text
 }
 
 /// An open journal, positioned to append.
@@ -233,14 +252,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
 
     /// Appends one record and returns once it is on disk.
     pub fn append(&mut self, rec: &R) -> Result<(), JournalError> {
-        let rec = serde_json::value::to_raw_value(rec).expect("records serialise");
-        let line = Line {
-            seq: self.next_seq,
-            crc: crc_of(&rec),
-            rec: &rec,
-        };
-        let mut text = serde_json::to_vec(&line).expect("lines serialise");
-        text.push(b'\n');
+        let text = line_of(self.next_seq, rec);
         self.file
             .write_all(&text)
             .and_then(|()| self.file.sync_data())
@@ -299,6 +311,38 @@ mod tests {
         let (_, got) = Journal::<Vec<f64>>::read(&p).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].len(), floats.len());
+    }
+
+    /// Journals written before `line_of` must read the same: its lines are
+    /// byte for byte what serialising a `Line` gives.
+    #[test]
+    fn a_line_is_what_serde_writes_for_it() {
+        let floats = vec![0.1 / 7.0, 1e300, -0.0];
+        for (seq, rec) in [
+            (1, "\"x\\\"y\"".to_owned()),
+            (77, serde_json::to_string(&floats).unwrap()),
+        ]
+        .into_iter()
+        .chain(
+            recs()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i as u64 + 2, serde_json::to_string(r).unwrap())),
+        ) {
+            let value: serde_json::Value = serde_json::from_str(&rec).unwrap();
+            let raw = serde_json::value::to_raw_value(&value).unwrap();
+            let mut want = serde_json::to_vec(&Line {
+                seq,
+                crc: crc_of(&raw),
+                rec: &raw,
+            })
+            .unwrap();
+            want.push(b'\n');
+            assert_eq!(
+                String::from_utf8(line_of(seq, &value)).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 
     #[test]
