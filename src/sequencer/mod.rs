@@ -208,8 +208,11 @@ impl<'a> Sequencer<'a> {
     /// that moves the run to a new phase also updates the run's status file
     /// and runs the hooks.
     fn record(&self, run: &Run, rec: Record) -> Result<()> {
-        let what = describe(&rec);
-        self.crash_point(run, &format!("before {what}"))?;
+        // One string for both failpoints (they are asked on every record).
+        let mut at = String::with_capacity(64);
+        at.push_str("before ");
+        describe(&mut at, &rec);
+        self.crash_point(run, &at)?;
         {
             // One lock for both: the fold follows the journal's order.
             let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,7 +223,8 @@ impl<'a> Sequencer<'a> {
                 None => *state = RunState::replay(std::slice::from_ref(&rec)),
             }
         }
-        self.crash_point(run, &format!("after {what}"))?;
+        at.replace_range(.."before".len(), "after");
+        self.crash_point(run, &at)?;
         if rec.phase_boundary() {
             self.phase_changed(run, &rec)?;
         }
@@ -1186,12 +1190,16 @@ fn config_path(dir: &Path, uuid: Uuid) -> PathBuf {
     dir.join("configs").join(format!("{uuid}.json"))
 }
 
-fn describe(r: &Record) -> String {
+/// Appends what a failpoint is told about a record: "Begin Save <uuid>".
+fn describe(to: &mut String, r: &Record) {
+    use std::fmt::Write;
     match r {
         Record::Begin { uuid, step }
         | Record::Done { uuid, step, .. }
-        | Record::Failed { uuid, step, .. } => format!("{} {step:?} {uuid}", r.kind()),
-        other => other.kind().to_owned(),
+        | Record::Failed { uuid, step, .. } => {
+            let _ = write!(to, "{} {step:?} {uuid}", r.kind());
+        }
+        other => to.push_str(other.kind()),
     }
 }
 
