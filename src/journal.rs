@@ -9,7 +9,7 @@
 //! good ones is corruption, and refused with the file and line named.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 
 use serde_json::value::RawValue;
@@ -177,19 +177,16 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             path: path.to_owned(),
             source,
         };
-        let mut reader = BufReader::new(file);
+        // The whole file at once, its lines slices of it: one copy of it in
+        // memory, not one allocation per record.
+        let mut reader = file;
         reader.seek(SeekFrom::Start(0)).map_err(io)?;
-        let mut raw = Vec::new();
-        let mut lines: Vec<(Vec<u8>, bool)> = Vec::new();
-        loop {
-            raw.clear();
-            let n = reader.read_until(b'\n', &mut raw).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            let complete = raw.last() == Some(&b'\n');
-            lines.push((raw.clone(), complete));
-        }
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).map_err(io)?;
+        let lines: Vec<(&[u8], bool)> = data
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| (l, l.last() == Some(&b'\n')))
+            .collect();
         let total_len: u64 = lines.iter().map(|(l, _)| l.len() as u64).sum();
         let not_journal = |detail: String| JournalError::NotAJournal {
             path: path.to_owned(),
