@@ -19,6 +19,9 @@ const ALIGN: usize = 4096;
 const BLOCK: usize = 1 << 20;
 /// A block, and room for one more read (a pipe's worth) beyond it.
 const CAPACITY: usize = 2 * BLOCK;
+/// The buffer starts this small and doubles as the stream comes: a small
+/// image (the simulator's) never pays for zeroing the whole capacity.
+const FIRST: usize = 16 * ALIGN;
 /// Buffered mode: bytes between two writeback kicks, so the final fsync
 /// finds at most about two windows of dirty pages.
 const WRITEBACK_WINDOW: u64 = 8 << 20;
@@ -54,7 +57,7 @@ impl DirectWriter {
     fn with_mode(file: File, direct: bool) -> DirectWriter {
         DirectWriter {
             file,
-            pages: vec![Page([0; ALIGN]); CAPACITY / ALIGN],
+            pages: Vec::new(),
             filled: 0,
             direct,
             written: 0,
@@ -92,7 +95,7 @@ impl DirectWriter {
     /// One read from `from` into the buffer; the bytes read (0 at EOF) are
     /// then `last(n)` until the next call.
     pub fn read_from(&mut self, from: &mut dyn Read) -> io::Result<usize> {
-        self.write_blocks()?;
+        self.make_room()?;
         let filled = self.filled;
         let n = from.read(&mut self.buf_mut()[filled..])?;
         self.filled += n;
@@ -102,9 +105,9 @@ impl DirectWriter {
     /// Copies as much of `data` as fits into the buffer; the bytes taken are
     /// then `last(n)` until the next call.
     pub fn put(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.write_blocks()?;
+        self.make_room()?;
         let filled = self.filled;
-        let n = data.len().min(CAPACITY - filled);
+        let n = data.len().min(self.buf().len() - filled);
         self.buf_mut()[filled..filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
@@ -130,10 +133,16 @@ impl DirectWriter {
         Ok(self.file)
     }
 
-    /// Once a block has gathered: writes its aligned part, keeps the tail.
-    fn write_blocks(&mut self) -> io::Result<()> {
+    /// Once a block has gathered, writes its aligned part and keeps the
+    /// tail; grows a full buffer that is still below its capacity.
+    fn make_room(&mut self) -> io::Result<()> {
         if self.filled >= BLOCK {
             self.write_out(self.filled & !(ALIGN - 1))?;
+        }
+        let len = self.buf().len();
+        if self.filled == len {
+            let pages = (2 * len).clamp(FIRST, CAPACITY) / ALIGN;
+            self.pages.resize(pages, Page([0; ALIGN]));
         }
         Ok(())
     }
