@@ -7,7 +7,7 @@
 //! `xenmaint info --json` prints), and faults to inject.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,7 +19,7 @@ use crate::domain::{
     Mac, Nic, PhysInfo, ShutdownReason, Uuid,
 };
 use crate::image::{synth, StreamScanner};
-use crate::toolstack::{Call, Request, Result, SaveSink, Toolstack, ToolstackError};
+use crate::toolstack::{Call, Request, RestoreSource, Result, SaveSink, Toolstack, ToolstackError};
 
 /// A failure to inject: `call` fails with `message`, for every domain or only
 /// for `domid`.
@@ -522,7 +522,7 @@ impl Toolstack for Sim {
         })
     }
 
-    fn restore(&self, config: &serde_json::Value, input: &mut (dyn Read + Send)) -> Result<DomId> {
+    fn restore(&self, config: &serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId> {
         self.with(Call::Restore, None, |h| {
             let mut stream = Vec::new();
             input

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use crate::domain::{
     DomId, DomainDetail, DomainInfo, DomainRef, HypervisorVersion, PhysInfo, Uuid,
 };
+use crate::image::AlignedBuf;
 
 /// Why a toolstack call failed. One message each; the CLI maps them to exit
 /// codes.
@@ -84,6 +85,29 @@ pub trait SaveSink: Write + Send {
 impl SaveSink for std::io::Sink {}
 impl SaveSink for Vec<u8> {}
 
+/// Where a restore stream comes from. A toolstack that wants the bytes
+/// reads them; one that hands them on (libxl's pipe) asks for whole blocks,
+/// which a source on a disk file reads with O_DIRECT straight into the block.
+pub trait RestoreSource: Read + Send {
+    /// Fills `buf` from the stream (less only at its end); returns where in
+    /// `buf` the stream's bytes are.
+    fn read_block(&mut self, buf: &mut AlignedBuf) -> std::io::Result<std::ops::Range<usize>> {
+        let buf = buf.as_mut_slice();
+        let mut got = 0;
+        while got < buf.len() {
+            match self.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0..got)
+    }
+}
+
+impl<T: AsRef<[u8]> + Send> RestoreSource for std::io::Cursor<T> {}
+
 /// A Xen host as the rest of xenmaint sees it. Read-only for now; save,
 /// restore and lifecycle calls join it with the domain-operations work.
 pub trait Toolstack: Sync {
@@ -122,7 +146,7 @@ pub trait Toolstack: Sync {
 
     /// Creates a domain from `config` (libxl JSON) and the libxl stream read
     /// from `input`. The new domain is left paused.
-    fn restore(&self, config: &serde_json::Value, input: &mut (dyn Read + Send)) -> Result<DomId>;
+    fn restore(&self, config: &serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId>;
 
     /// Boots a new domain from `config` (libxl JSON), left paused.
     fn create(&self, config: &serde_json::Value) -> Result<DomId>;

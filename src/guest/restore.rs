@@ -3,13 +3,17 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{millis, OpError, Progress, ProgressFn, Steps};
 use crate::domain::{DomId, DomainRef, Uuid};
-use crate::image::{self, Hashing, ImageError, Manifest, StreamScanner, StreamSummary, XlHeader};
-use crate::toolstack::{Toolstack, ToolstackError};
+use crate::image::{
+    self, AlignedBuf, Checksum, DirectReader, Hashing, ImageError, Manifest, StreamScanner,
+    StreamSummary, XlHeader,
+};
+use crate::toolstack::{RestoreSource, Toolstack, ToolstackError};
 
 pub struct RestoreOptions {
     /// Leave the restored guest paused (xl restore -p).
@@ -35,7 +39,11 @@ type Scanned = Result<(StreamSummary, String), ImageError>;
 /// a broken stream stops the feed, so libxl fails rather than building a
 /// guest from it.
 struct Source<'a> {
-    inner: Hashing<File>,
+    /// The image from where its header ends.
+    inner: DirectReader,
+    /// The checksum of the image so far (header included), and its bytes.
+    sum: Checksum,
+    count: u64,
     scanner: Option<StreamScanner>,
     /// Set once the stream ended or broke: its summary and checksum, or why not.
     outcome: Option<Scanned>,
@@ -44,34 +52,54 @@ struct Source<'a> {
     last_report: Instant,
 }
 
-impl Read for Source<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+impl Source<'_> {
+    /// Checks and sums bytes just read; `end`: the image has no more.
+    fn took(&mut self, data: &[u8], end: bool) -> std::io::Result<()> {
         let Some(scanner) = self.scanner.as_mut() else {
-            return Ok(n);
+            return Ok(());
         };
-        let fed = if n == 0 {
+        self.sum.update(data);
+        self.count += data.len() as u64;
+        scanner.feed(data).map_err(|e| {
+            let text = e.to_string();
+            self.outcome = Some(Err(e));
+            std::io::Error::other(text)
+        })?;
+        if end {
             let done = self.scanner.take().expect("checked above").finish();
-            let outcome = done.map(|s| (s, self.inner.checksum()));
+            let outcome = done.map(|s| (s, self.sum.finish()));
             let failed = outcome.as_ref().err().map(|e| e.to_string());
             self.outcome = Some(outcome);
-            failed.map_or(Ok(()), |e| Err(std::io::Error::other(e)))
-        } else {
-            scanner.feed(&buf[..n]).map_err(|e| {
-                let text = e.to_string();
-                self.outcome = Some(Err(e));
-                std::io::Error::other(text)
-            })
-        };
-        fed?;
-        if self.last_report.elapsed().as_millis() >= 200 || n == 0 {
+            if let Some(e) = failed {
+                return Err(std::io::Error::other(e));
+            }
+        }
+        if self.last_report.elapsed().as_millis() >= 200 || end {
             self.last_report = Instant::now();
             (self.progress)(Progress {
-                bytes: self.inner.count(),
+                bytes: self.count,
                 total: self.total,
             });
         }
+        Ok(())
+    }
+}
+
+/// For a toolstack that wants the bytes (the simulator).
+impl Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read_plain(buf)?;
+        self.took(&buf[..n], n == 0)?;
         Ok(n)
+    }
+}
+
+/// For libxl's pipe: whole blocks, read with O_DIRECT where the disk allows.
+impl RestoreSource for Source<'_> {
+    fn read_block(&mut self, buf: &mut AlignedBuf) -> std::io::Result<Range<usize>> {
+        let range = self.inner.read_block(buf)?;
+        self.took(&buf.as_slice()[range.clone()], range.end < buf.len())?;
+        Ok(range)
     }
 }
 
@@ -123,8 +151,11 @@ fn restore_once(
     preflight(ts, &config, &name, uuid)?;
     steps.done("read the header and checked the host");
 
+    let (file, sum, count) = reader.into_parts();
     let mut source = Source {
-        inner: reader,
+        inner: DirectReader::new(file, count),
+        sum,
+        count,
         scanner: Some(StreamScanner::new()),
         outcome: None,
         total,
@@ -134,7 +165,10 @@ fn restore_once(
     let started = Instant::now();
     let restored = ts.restore(&config, &mut source);
     steps.done("restored the stream");
-    let size = source.inner.count();
+    if source.inner.is_direct() {
+        log::debug!("restore {}: read the stream with O_DIRECT", image.display());
+    }
+    let size = source.count;
     let scanned = source.outcome.take();
     let domid = match restored {
         Ok(domid) => domid,
@@ -273,4 +307,70 @@ pub fn verify(image: &Path) -> Result<VerifyReport, OpError> {
         manifest: manifest.is_some(),
         stream: v.stream,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An xl image of `pages` pages; its stream starts at an unaligned offset.
+    fn image(dir: &Path, pages: usize) -> PathBuf {
+        let path = dir.join(format!("{pages}.xl"));
+        let mut bytes = XlHeader::new("{\"c_info\": {\"name\": \"g\"}}").to_bytes();
+        bytes.extend_from_slice(&image::synth::stream_with(pages, b"blocks"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Reads the stream as the libxl feed does: block by block.
+    fn read_in_blocks(path: &Path) -> (std::io::Result<u64>, Option<Scanned>) {
+        let no_progress = |_: Progress| {};
+        let mut reader = Hashing::new(File::open(path).unwrap());
+        XlHeader::read_from(&mut reader).unwrap();
+        let (file, sum, count) = reader.into_parts();
+        let mut source = Source {
+            inner: DirectReader::new(file, count),
+            sum,
+            count,
+            scanner: Some(StreamScanner::new()),
+            outcome: None,
+            total: 0,
+            progress: &no_progress,
+            last_report: Instant::now(),
+        };
+        let mut buf = AlignedBuf::new((1 << 20) + 4096);
+        let fed = (|| loop {
+            let range = source.read_block(&mut buf)?;
+            if range.end < buf.len() {
+                return Ok(source.count);
+            }
+        })();
+        (fed, source.outcome)
+    }
+
+    #[test]
+    fn a_stream_read_in_blocks_sums_the_whole_image_once() {
+        let t = tempfile::tempdir().unwrap();
+        for pages in [0, 1, 300, 1000] {
+            let path = image(t.path(), pages);
+            let whole = image::verify_reader(File::open(&path).unwrap()).unwrap();
+            let (fed, outcome) = read_in_blocks(&path);
+            assert_eq!(fed.unwrap(), whole.size, "{pages} pages");
+            let (summary, checksum) = outcome.unwrap().unwrap();
+            assert_eq!(checksum, whole.checksum, "{pages} pages");
+            assert_eq!(summary, whole.stream);
+        }
+    }
+
+    #[test]
+    fn a_broken_stream_read_in_blocks_stops_the_feed() {
+        let t = tempfile::tempdir().unwrap();
+        let path = image(t.path(), 1000);
+        // Cut off its end: the END record is missing.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
+        let (fed, outcome) = read_in_blocks(&path);
+        assert!(fed.is_err());
+        assert!(matches!(outcome, Some(Err(_))), "{outcome:?}");
+    }
 }

@@ -9,7 +9,7 @@ mod stream;
 use std::io::Read;
 use std::path::Path;
 
-pub use direct::DirectWriter;
+pub use direct::{AlignedBuf, DirectReader, DirectWriter};
 pub use header::{XlHeader, FLAG_JSON, FLAG_STREAM_V2, MAGIC};
 pub use manifest::{
     manifest_path, DiskIdentity, DiskKind, Manifest, ManifestError, SavedOn, Timings,
@@ -97,6 +97,11 @@ impl<R: Read> Hashing<R> {
 
     pub fn count(&self) -> u64 {
         self.bytes
+    }
+
+    /// The reader, the checksum so far and the bytes counted.
+    pub fn into_parts(self) -> (R, Checksum, u64) {
+        (self.inner, self.sum, self.bytes)
     }
 }
 

@@ -313,7 +313,7 @@ impl Toolstack for Libxl {
     fn restore(
         &self,
         config: &serde_json::Value,
-        input: &mut (dyn std::io::Read + Send),
+        input: &mut dyn crate::toolstack::RestoreSource,
     ) -> Result<DomId> {
         lifecycle::restore(self, config, input)
     }

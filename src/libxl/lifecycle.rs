@@ -16,7 +16,8 @@ use xenlight_sys as sys;
 
 use super::Libxl;
 use crate::domain::DomId;
-use crate::toolstack::{Request, Result, SaveSink, ToolstackError};
+use crate::image::AlignedBuf;
+use crate::toolstack::{Request, RestoreSource, Result, SaveSink, ToolstackError};
 
 /// 1 MiB pipes: fewer wake-ups per GiB of guest memory.
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -44,55 +45,50 @@ fn pump(mut from: impl Read, to: &mut dyn SaveSink) -> std::io::Result<u64> {
 /// Buffers of the restore feed; see `Feed`.
 const FEED_BUFFERS: usize = 3;
 
-/// Feeds a restore stream into libxl's pipe without copying it a second
-/// time: each buffer read from the image is spliced into the pipe
-/// (vmsplice: the pipe refers to our pages, and libxl's read copies from
-/// them). A buffer is read into again only after two whole buffers, each at
-/// least the pipe's size, went into the pipe after it: by then the pipe
-/// holds none of its pages, and libxl has read exactly the bytes we
-/// checksummed. The buffers must outlive the pipe (a freed buffer's pages
-/// could be reused while the pipe still refers to them): the caller keeps
-/// the `Feed` until libxl has returned and the pipe is closed.
+/// Feeds a restore stream into libxl's pipe without copying it: each block
+/// read from the image (with O_DIRECT, the disk writes it into the block) is
+/// spliced into the pipe (vmsplice: the pipe refers to our pages, and
+/// libxl's read copies from them). A buffer is read into again only after
+/// two whole buffers, each holding at least the pipe's size of stream, went
+/// into the pipe after it: by then the pipe holds none of its pages, and
+/// libxl has read exactly the bytes we checksummed. The buffers must outlive
+/// the pipe (a freed buffer's pages could be reused while the pipe still
+/// refers to them): the caller keeps the `Feed` until libxl has returned and
+/// the pipe is closed.
 struct Feed {
-    buffers: Vec<Vec<u8>>,
+    buffers: Vec<AlignedBuf>,
 }
 
 impl Feed {
     fn new(pipe: &File, buffers: usize) -> Feed {
         let size = nix::fcntl::fcntl(pipe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap_or(0);
-        let len = usize::try_from(size).unwrap_or(0).max(CHUNK);
+        // A page more: a block may start up to a page before the stream.
+        let len = usize::try_from(size).unwrap_or(0).max(CHUNK) + 4096;
         Feed {
-            buffers: (0..buffers).map(|_| vec![0u8; len]).collect(),
+            buffers: (0..buffers).map(|_| AlignedBuf::new(len)).collect(),
         }
     }
 
-    /// Feeds `from` into the pipe `to` until EOF; returns the bytes fed.
-    fn run(&mut self, from: &mut (impl Read + ?Sized), to: &File) -> std::io::Result<u64> {
+    /// Feeds `from` into the pipe `to` until its end; returns the bytes fed.
+    fn run(&mut self, from: &mut dyn RestoreSource, to: &File) -> std::io::Result<u64> {
         let mut total = 0u64;
         for i in 0.. {
             let k = i % self.buffers.len();
             let buf = &mut self.buffers[k];
-            // Whole buffers (but the last): the reuse rule counts them.
-            let mut filled = 0;
-            while filled < buf.len() {
-                match from.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let mut sent = 0;
-            while sent < filled {
-                let iov = [std::io::IoSlice::new(&buf[sent..filled])];
+            // Whole blocks (but the last): the reuse rule counts them.
+            let range = from.read_block(buf)?;
+            let full = range.end == buf.len();
+            let mut sent = range.start;
+            while sent < range.end {
+                let iov = [std::io::IoSlice::new(&buf.as_slice()[sent..range.end])];
                 match nix::fcntl::vmsplice(to, &iov, nix::fcntl::SpliceFFlags::empty()) {
                     Ok(n) => sent += n,
                     Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            total += filled as u64;
-            if filled < buf.len() {
+            total += range.len() as u64;
+            if !full {
                 break;
             }
         }
@@ -171,7 +167,7 @@ pub(super) fn save(lx: &Libxl, domid: DomId, live: bool, out: &mut dyn SaveSink)
 pub(super) fn restore(
     lx: &Libxl,
     config: &serde_json::Value,
-    input: &mut (dyn Read + Send),
+    input: &mut dyn RestoreSource,
 ) -> Result<DomId> {
     let mut cfg = DomainConfig::from_json(lx, config)?;
     let mut params = sys::libxl_domain_restore_params::default();
@@ -359,6 +355,47 @@ mod tests {
                 feed_to_slow_reader(FEED_BUFFERS, &data) == data,
                 "{len} bytes"
             );
+        }
+    }
+
+    #[test]
+    fn the_feed_sends_an_image_read_in_blocks_from_where_its_header_ends() {
+        // The restore's own source: blocks start at a page boundary before
+        // the stream (O_DIRECT), and the feed sends only the stream.
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("image");
+        let data = sample(5 * CHUNK + 12_345);
+        std::fs::write(&path, &data).unwrap();
+        for offset in [0, 333, 4096, 8191] {
+            let (mut rd, wr) = pipe().unwrap();
+            let mut feed = Feed::new(&wr, FEED_BUFFERS);
+            let file = File::open(&path).unwrap();
+            let mut source = ImageSource(crate::image::DirectReader::new(file, offset as u64));
+            let got = std::thread::scope(|s| {
+                let reader = s.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let mut out = Vec::new();
+                    rd.read_to_end(&mut out).unwrap();
+                    out
+                });
+                let fed = feed.run(&mut source, &wr).unwrap();
+                assert_eq!(fed, (data.len() - offset) as u64);
+                drop(wr);
+                reader.join().unwrap()
+            });
+            assert!(got == data[offset..], "from {offset}");
+        }
+    }
+
+    struct ImageSource(crate::image::DirectReader);
+    impl Read for ImageSource {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read_plain(buf)
+        }
+    }
+    impl RestoreSource for ImageSource {
+        fn read_block(&mut self, buf: &mut AlignedBuf) -> std::io::Result<std::ops::Range<usize>> {
+            self.0.read_block(buf)
         }
     }
 
