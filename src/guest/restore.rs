@@ -165,9 +165,12 @@ fn restore_once(
     let started = Instant::now();
     let restored = ts.restore(&config, &mut source);
     steps.done("restored the stream");
-    if source.inner.is_direct() {
-        log::debug!("restore {}: read the stream with O_DIRECT", image.display());
-    }
+    log::debug!(
+        "restore {}: {} of {} bytes read with O_DIRECT",
+        image.display(),
+        source.inner.direct_bytes(),
+        source.count
+    );
     let size = source.count;
     let scanned = source.outcome.take();
     let domid = match restored {

@@ -244,6 +244,8 @@ pub struct DirectReader {
     direct: Option<bool>,
     /// File offset of the next byte to hand out.
     offset: u64,
+    /// Bytes handed out from blocks read with O_DIRECT.
+    direct_bytes: u64,
 }
 
 impl DirectReader {
@@ -253,12 +255,18 @@ impl DirectReader {
             file,
             direct: None,
             offset,
+            direct_bytes: 0,
         }
     }
 
-    /// Whether blocks are read with O_DIRECT (known after the first).
-    pub fn is_direct(&self) -> bool {
+    fn is_direct(&self) -> bool {
         self.direct == Some(true)
+    }
+
+    /// Bytes handed out from blocks read with O_DIRECT (the last, short
+    /// block at the end of the file is read through the page cache).
+    pub fn direct_bytes(&self) -> u64 {
+        self.direct_bytes
     }
 
     /// Fills `buf` (less only at the end of the file) and returns where in
@@ -298,6 +306,9 @@ impl DirectReader {
             }
         }
         let end = got.max(skip);
+        if direct {
+            self.direct_bytes += (end - skip) as u64;
+        }
         self.offset += (end - skip) as u64;
         Ok(skip..end)
     }
