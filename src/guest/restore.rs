@@ -52,7 +52,22 @@ struct Source<'a> {
     last_report: Instant,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// The stream from where `reader` stopped: right after the header.
+    fn after_header(reader: Hashing<File>, total: u64, progress: ProgressFn<'a>) -> Self {
+        let (file, sum, count) = reader.into_parts();
+        Source {
+            inner: DirectReader::new(file, count),
+            sum,
+            count,
+            scanner: Some(StreamScanner::new()),
+            outcome: None,
+            total,
+            progress,
+            last_report: Instant::now(),
+        }
+    }
+
     /// Checks and sums bytes just read; `end`: the image has no more.
     fn took(&mut self, data: &[u8], end: bool) -> std::io::Result<()> {
         let Some(scanner) = self.scanner.as_mut() else {
@@ -151,17 +166,7 @@ fn restore_once(
     preflight(ts, &config, &name, uuid)?;
     steps.done("read the header and checked the host");
 
-    let (file, sum, count) = reader.into_parts();
-    let mut source = Source {
-        inner: DirectReader::new(file, count),
-        sum,
-        count,
-        scanner: Some(StreamScanner::new()),
-        outcome: None,
-        total,
-        progress,
-        last_report: Instant::now(),
-    };
+    let mut source = Source::after_header(reader, total, progress);
     let started = Instant::now();
     let restored = ts.restore(&config, &mut source);
     steps.done("restored the stream");
@@ -330,17 +335,7 @@ mod tests {
         let no_progress = |_: Progress| {};
         let mut reader = Hashing::new(File::open(path).unwrap());
         XlHeader::read_from(&mut reader).unwrap();
-        let (file, sum, count) = reader.into_parts();
-        let mut source = Source {
-            inner: DirectReader::new(file, count),
-            sum,
-            count,
-            scanner: Some(StreamScanner::new()),
-            outcome: None,
-            total: 0,
-            progress: &no_progress,
-            last_report: Instant::now(),
-        };
+        let mut source = Source::after_header(reader, 0, &no_progress);
         let mut buf = AlignedBuf::new((1 << 20) + 4096);
         let fed = (|| loop {
             let range = source.read_block(&mut buf)?;

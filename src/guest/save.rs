@@ -122,6 +122,11 @@ impl<'a> Sink<'a> {
         })
     }
 
+    /// The writer, the checksum, the scanner and the bytes taken.
+    fn into_parts(self) -> (DirectWriter, Checksum, StreamScanner, u64) {
+        (self.out, self.sum, self.scanner, self.bytes)
+    }
+
     /// Checks, sums and reports the `n` bytes the writer just took.
     fn take(&mut self, n: usize) -> std::io::Result<()> {
         let data = self.out.last(n);
@@ -251,13 +256,7 @@ pub fn save(
             } else {
                 "wrote the stream (page cache)"
             });
-            let Sink {
-                out,
-                sum,
-                scanner,
-                bytes,
-                ..
-            } = sink;
+            let (out, sum, scanner, bytes) = sink.into_parts();
             let stream = scanner.finish()?;
             let synced = Instant::now();
             let file = out.finish().map_err(|source| durable::DurableError::Io {
@@ -449,13 +448,7 @@ mod tests {
                 sink.read_all(&mut rd).unwrap()
             });
             assert_eq!(taken, data.len() as u64);
-            let Sink {
-                out,
-                sum,
-                scanner,
-                bytes,
-                ..
-            } = sink;
+            let (out, sum, scanner, bytes) = sink.into_parts();
             scanner.finish().unwrap();
             drop(out.finish().unwrap());
             let mut whole = header.clone();
