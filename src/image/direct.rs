@@ -1,10 +1,11 @@
-//! Writing an image file without a second copy in dom0: the stream is read
-//! into an aligned buffer and written from it with O_DIRECT, so the disk
-//! takes the pages straight from that buffer instead of the kernel first
-//! copying them into the page cache (under emulation that copy costs as much
-//! as the pipe read before it). A filesystem that refuses O_DIRECT gets the
-//! same buffer written the ordinary way, with writeback kicked behind it.
-//! Either way only the final fsync makes the file durable.
+//! Image files moved without a copy through dom0's page cache. A save's
+//! stream is read from libxl's pipe into an aligned buffer and written from
+//! there with O_DIRECT: the disk takes the pages from that buffer. A
+//! restore's stream is read with O_DIRECT straight into the blocks that are
+//! then spliced into libxl's pipe. (Under emulation a page-cache copy costs as
+//! much as the pipe's own.) A filesystem that refuses O_DIRECT gets the same
+//! buffers through the page cache, writes with writeback kicked behind them.
+//! Either way only the final fsync makes a written image durable.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
