@@ -331,7 +331,8 @@ mod tests {
     }
 
     /// Reads the stream as the libxl feed does: block by block.
-    fn read_in_blocks(path: &Path) -> (std::io::Result<u64>, Option<Scanned>) {
+    /// Also returns the bytes read with O_DIRECT.
+    fn read_in_blocks(path: &Path) -> (std::io::Result<u64>, Option<Scanned>, u64) {
         let no_progress = |_: Progress| {};
         let mut reader = Hashing::new(File::open(path).unwrap());
         XlHeader::read_from(&mut reader).unwrap();
@@ -343,7 +344,17 @@ mod tests {
                 return Ok(source.count);
             }
         })();
-        (fed, source.outcome)
+        (fed, source.outcome, source.inner.direct_bytes())
+    }
+
+    /// Whether the file's filesystem takes O_DIRECT.
+    fn direct_taken(path: &Path) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .is_ok()
     }
 
     #[test]
@@ -352,8 +363,11 @@ mod tests {
         for pages in [0, 1, 300, 1000] {
             let path = image(t.path(), pages);
             let whole = image::verify_reader(File::open(&path).unwrap()).unwrap();
-            let (fed, outcome) = read_in_blocks(&path);
+            let (fed, outcome, direct) = read_in_blocks(&path);
             assert_eq!(fed.unwrap(), whole.size, "{pages} pages");
+            if pages == 1000 && direct_taken(&path) {
+                assert!(direct > 0, "O_DIRECT taken, yet not used");
+            }
             let (summary, checksum) = outcome.unwrap().unwrap();
             assert_eq!(checksum, whole.checksum, "{pages} pages");
             assert_eq!(summary, whole.stream);
@@ -367,7 +381,7 @@ mod tests {
         // Cut off its end: the END record is missing.
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
-        let (fed, outcome) = read_in_blocks(&path);
+        let (fed, outcome, _) = read_in_blocks(&path);
         assert!(fed.is_err());
         assert!(matches!(outcome, Some(Err(_))), "{outcome:?}");
     }

@@ -229,7 +229,6 @@ pub fn save(
         })
     };
     let out = DirectWriter::new(durable::create_fresh(&tmp)?);
-    let direct = out.is_direct();
     let header = XlHeader::new(&config.to_string()).to_bytes();
     let mut sink = match Sink::new(out, &header, info.memory_kib * 1024, progress) {
         Ok(sink) => sink,
@@ -251,7 +250,7 @@ pub fn save(
         .map_err(OpError::from)
         .and_then(|()| {
             let save_time = started.elapsed();
-            steps.done(if direct {
+            steps.done(if sink.out.is_direct() {
                 "wrote the stream (O_DIRECT)"
             } else {
                 "wrote the stream (page cache)"
@@ -448,6 +447,9 @@ mod tests {
                 sink.read_all(&mut rd).unwrap()
             });
             assert_eq!(taken, data.len() as u64);
+            if !buffered && File::open(&path).is_ok_and(|f| DirectWriter::new(f).is_direct()) {
+                assert!(sink.out.is_direct(), "O_DIRECT taken, yet not used");
+            }
             let (out, sum, scanner, bytes) = sink.into_parts();
             scanner.finish().unwrap();
             drop(out.finish().unwrap());

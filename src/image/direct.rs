@@ -201,27 +201,29 @@ impl DirectWriter {
         self.filled -= len;
         self.written += len as u64;
         if !self.direct {
-            self.write_behind();
+            self.write_behind()?;
         }
         Ok(())
     }
 
     /// Buffered mode: starts writing the newest full window to the device
     /// and waits for the one before it, so the device works while the
-    /// stream goes on.
-    fn write_behind(&mut self) {
+    /// stream goes on. An I/O error the wait reports is returned: the kernel
+    /// reports a writeback error once per open file, so the final fsync
+    /// would not see it again.
+    fn write_behind(&mut self) -> io::Result<()> {
         if self.written < self.written_back + WRITEBACK_WINDOW {
-            return;
+            return Ok(());
         }
         let fd = self.file.as_raw_fd();
         let start = self.written_back as libc::off64_t;
         let len = (self.written - self.written_back) as libc::off64_t;
-        // SAFETY: advisory calls on an fd we own, over ranges already
-        // written; failure (e.g. a filesystem without it) only leaves the
-        // work to the final fsync, whose result is what counts.
-        unsafe {
-            libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
-            if start > 0 {
+        // SAFETY: sync_file_range only reads its integer arguments; the fd
+        // is ours and open, the ranges already written.
+        let kicked = unsafe { libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE) };
+        let waited = if kicked == 0 && start > 0 {
+            // SAFETY: as above.
+            unsafe {
                 libc::sync_file_range(
                     fd,
                     0,
@@ -229,10 +231,26 @@ impl DirectWriter {
                     libc::SYNC_FILE_RANGE_WAIT_BEFORE
                         | libc::SYNC_FILE_RANGE_WRITE
                         | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
+                )
             }
-        }
+        } else {
+            kicked
+        };
         self.written_back = self.written;
+        if waited == 0 {
+            return Ok(());
+        }
+        match io::Error::last_os_error() {
+            // A filesystem or file without it: the final fsync does the work.
+            e if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE | libc::EOPNOTSUPP)
+            ) =>
+            {
+                Ok(())
+            }
+            e => Err(e),
+        }
     }
 }
 
@@ -402,6 +420,9 @@ mod tests {
                     DirectWriter::new(file)
                 };
                 write_through(&mut w, &data);
+                if !buffered && set_direct(&File::open(&path).unwrap(), true).is_ok() {
+                    assert!(w.is_direct(), "{len} bytes: O_DIRECT taken, yet not used");
+                }
                 if buffered && len == 20 << 20 {
                     // Kicked at the first write past 8 MiB, then past 16.
                     let at = w.written_back;
