@@ -316,9 +316,10 @@ mod tests {
         assert_eq!(out, data);
     }
 
-    /// A reader that waits before it reads: the pipe is full while the
-    /// feeder goes on, the case where a reused buffer would show.
-    fn feed_to_slow_reader(buffers: usize, data: &[u8]) -> Vec<u8> {
+    /// Feeds `source` to a reader that waits before it reads: the pipe is
+    /// full while the feeder goes on, the case where a reused buffer would
+    /// show. Returns what the reader got and what the feed counted.
+    fn feed_slowly(buffers: usize, source: &mut dyn RestoreSource) -> (Vec<u8>, u64) {
         let (mut rd, wr) = pipe().unwrap();
         let mut feed = Feed::new(&wr, buffers);
         std::thread::scope(|s| {
@@ -328,11 +329,16 @@ mod tests {
                 rd.read_to_end(&mut out).unwrap();
                 out
             });
-            let fed = feed.run(&mut std::io::Cursor::new(data), &wr).unwrap();
-            assert_eq!(fed, data.len() as u64);
+            let fed = feed.run(source, &wr).unwrap();
             drop(wr);
-            reader.join().unwrap()
+            (reader.join().unwrap(), fed)
         })
+    }
+
+    fn feed_to_slow_reader(buffers: usize, data: &[u8]) -> Vec<u8> {
+        let (got, fed) = feed_slowly(buffers, &mut std::io::Cursor::new(data));
+        assert_eq!(fed, data.len() as u64);
+        got
     }
 
     fn sample(len: usize) -> Vec<u8> {
@@ -367,22 +373,10 @@ mod tests {
         let data = sample(5 * CHUNK + 12_345);
         std::fs::write(&path, &data).unwrap();
         for offset in [0, 333, 4096, 8191] {
-            let (mut rd, wr) = pipe().unwrap();
-            let mut feed = Feed::new(&wr, FEED_BUFFERS);
             let file = File::open(&path).unwrap();
             let mut source = ImageSource(crate::image::DirectReader::new(file, offset as u64));
-            let got = std::thread::scope(|s| {
-                let reader = s.spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    let mut out = Vec::new();
-                    rd.read_to_end(&mut out).unwrap();
-                    out
-                });
-                let fed = feed.run(&mut source, &wr).unwrap();
-                assert_eq!(fed, (data.len() - offset) as u64);
-                drop(wr);
-                reader.join().unwrap()
-            });
+            let (got, fed) = feed_slowly(FEED_BUFFERS, &mut source);
+            assert_eq!(fed, (data.len() - offset) as u64);
             assert!(got == data[offset..], "from {offset}");
         }
     }
@@ -399,12 +393,41 @@ mod tests {
         }
     }
 
+    /// A source whose blocks start a page into the buffer (as the first
+    /// O_DIRECT block does): each holds exactly a pipe's worth, so a splice
+    /// never waits for the reader and a reused buffer shows every time.
+    struct FromSecondPage<'d>(std::io::Cursor<&'d [u8]>);
+    impl Read for FromSecondPage<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl RestoreSource for FromSecondPage<'_> {
+        fn read_block(&mut self, buf: &mut AlignedBuf) -> std::io::Result<std::ops::Range<usize>> {
+            let block = &mut buf.as_mut_slice()[4096..];
+            let mut got = 0;
+            while got < block.len() {
+                match self.0.read(&mut block[got..])? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            Ok(4096..4096 + got)
+        }
+    }
+
     #[test]
     fn one_buffer_would_be_overwritten_in_the_pipe() {
         // Why the feed keeps three: with one, the pipe still refers to the
         // buffer when the next read overwrites it.
         let data = sample(4 * CHUNK);
-        assert!(feed_to_slow_reader(1, &data) != data);
+        let (got, _) = feed_slowly(1, &mut FromSecondPage(std::io::Cursor::new(&data)));
+        assert!(got != data);
+        let (got, _) = feed_slowly(
+            FEED_BUFFERS,
+            &mut FromSecondPage(std::io::Cursor::new(&data)),
+        );
+        assert!(got == data, "three buffers keep every byte");
     }
 
     #[test]
