@@ -460,6 +460,34 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_stops_the_stream_at_once() {
+        // Writes to a file opened read-only fail (EBADF): the stream must
+        // hear of it at the first block, not run on to its end.
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("image");
+        std::fs::write(&path, b"").unwrap();
+        for buffered in [false, true] {
+            let file = File::open(&path).unwrap();
+            let mut w = if buffered {
+                DirectWriter::buffered(file)
+            } else {
+                DirectWriter::new(file)
+            };
+            let data = sample(10 * BLOCK);
+            let mut taken = 0;
+            let failed = loop {
+                match w.put(&data[taken..(taken + (64 << 10)).min(data.len())]) {
+                    Ok(n) => taken += n,
+                    Err(e) => break e,
+                }
+                assert!(taken < data.len(), "the whole stream taken, no error");
+            };
+            assert_eq!(failed.raw_os_error(), Some(libc::EBADF), "{failed}");
+            assert!(taken <= CAPACITY, "stopped after {taken} bytes");
+        }
+    }
+
+    #[test]
     fn a_reader_hands_out_the_file_from_its_offset_on_in_blocks_or_plainly() {
         let t = tempfile::tempdir().unwrap();
         let block = BLOCK + ALIGN;
