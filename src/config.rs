@@ -8,6 +8,7 @@
 //! live = false                 # live save: the guest pauses only for the last round
 //! pause_together = false       # true: live saves wait near the end of their first pass, pause at the end
 //! read_back = false            # true: read each image back from the device before its guest goes
+//! leave_suspended = false      # true: saved guests stay suspended until the reboot ends them
 //! on_failure = "rollback"      # or "halt": what a failed drain does (never a reboot)
 //! keep_images = true           # false: delete an image once its guest is back and checked
 //! probe_addresses = true       # ICMP-probe each guest's recorded IPs once it is back

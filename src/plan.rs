@@ -61,6 +61,12 @@ pub struct Policy {
     /// Read every image back from the device before its guest is destroyed
     /// (off: the stream is checked as written, then fsync'd).
     pub read_back: bool,
+    /// Leave each saved guest suspended instead of destroying it: the
+    /// reboot ends it, a rollback resumes it where it stopped. Saves the
+    /// devices' teardown (hotplug scripts) before the reboot; off by default
+    /// because dom0 then shuts down with the guests' backends attached
+    /// (README, Performance).
+    pub leave_suspended: bool,
     /// For time estimates until measured figures exist.
     pub save_mib_s: f64,
     pub restore_mib_s: f64,
@@ -95,6 +101,7 @@ impl Default for Policy {
             live: false,
             pause_together: false,
             read_back: false,
+            leave_suspended: false,
             save_mib_s: 100.0,
             restore_mib_s: 100.0,
             shutdown_s: 30.0,

@@ -6,8 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xenmaint::domain::{DomainRef, DomainState};
-use xenmaint::guest::{self, OpError, PowerOptions, Recovery, RestoreOptions, SaveOptions};
+use xenmaint::domain::{DomainRef, DomainState, ShutdownReason};
+use xenmaint::guest::{
+    self, AfterSave, OpError, PowerOptions, Recovery, RestoreOptions, SaveOptions,
+};
 use xenmaint::image::{manifest_path, ImageError};
 use xenmaint::sim::{Fault, Sim};
 use xenmaint::toolstack::{Call, Request, Toolstack};
@@ -36,7 +38,7 @@ fn save_opts(dir: &Path) -> SaveOptions<'static> {
         out: None,
         image_dir: dir.join("images"),
         live: false,
-        keep_running: false,
+        then: AfterSave::Destroy,
         read_back: false,
         gate: None,
     }
@@ -117,12 +119,33 @@ fn keep_running_is_a_checkpoint() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());
     let opts = SaveOptions {
-        keep_running: true,
+        then: AfterSave::Resume,
         ..save_opts(t.path())
     };
     let r = guest::save(&ts, &name("db-1"), &opts, &no_progress()).unwrap();
     assert_eq!(state(&ts, "db-1"), Some(DomainState::Running));
     assert!(r.kept_running && r.image.exists());
+}
+
+#[test]
+fn a_guest_left_suspended_stays_as_it_stopped_until_resumed() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let domid = ts.resolve(&name("db-1")).unwrap().domid;
+    let opts = SaveOptions {
+        then: AfterSave::LeaveSuspended,
+        ..save_opts(t.path())
+    };
+    let r = guest::save(&ts, &name("db-1"), &opts, &no_progress()).unwrap();
+    assert!(!r.kept_running && r.then == AfterSave::LeaveSuspended);
+    guest::verify(&r.image).unwrap();
+    let d = ts.resolve(&name("db-1")).unwrap();
+    assert_eq!(d.domid, domid, "the same domain, not destroyed");
+    assert_eq!(d.shutdown_reason, Some(ShutdownReason::Suspend));
+    // Not a second copy: a restore of its image is refused while it exists.
+    assert!(restore(&ts, &r.image, false).is_err());
+    ts.resume(domid).unwrap();
+    assert_eq!(state(&ts, "db-1"), Some(DomainState::Running));
 }
 
 #[test]
@@ -285,7 +308,7 @@ fn restore_refuses_a_second_copy_and_missing_disks() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());
     let opts = SaveOptions {
-        keep_running: true,
+        then: AfterSave::Resume,
         ..save_opts(t.path())
     };
     let r = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();

@@ -724,6 +724,64 @@ fn a_guest_left_suspended_by_a_crash_mid_save_is_resumed_in_place() {
     assert_eq!(again.domid, domid, "resumed in place, not re-created");
 }
 
+/// Every guest's (domid, suspended) by name.
+fn domains(ts: &dyn Toolstack) -> BTreeMap<String, (u32, bool)> {
+    ts.list_domains()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.domid != 0)
+        .map(|d| {
+            let suspended = d.shutdown_reason == Some(xenmaint::domain::ShutdownReason::Suspend);
+            (d.name, (d.domid, suspended))
+        })
+        .collect()
+}
+
+#[test]
+fn guests_left_suspended_come_back_from_images_after_the_reboot_or_in_place_on_a_rollback() {
+    let p = |dir: &Path| Policy {
+        leave_suspended: true,
+        ..policy(dir, 2)
+    };
+    // Drain, reboot, resume: the reboot ended the suspended domains.
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p(t.path()), &never);
+    let (_, drained) = s.drain().unwrap();
+    let left = domains(&ts);
+    assert_eq!(left.len(), want.len(), "no guest destroyed");
+    assert!(left.values().all(|&(_, suspended)| suspended), "{left:?}");
+    assert!(drained
+        .guests
+        .values()
+        .all(|g| matches!(g, GuestState::Saved { .. })));
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    let (_, done) = seq(&after, &boot, t.path(), p(t.path()), &never)
+        .resume()
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert_all_back(&after, &want, "after the reboot");
+
+    // Drain, then roll back without a reboot: each guest runs on in the
+    // domain it stopped in, nothing restored.
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let s = seq(&ts, &boot, t.path(), p(t.path()), &never);
+    s.drain().unwrap();
+    let left = domains(&ts);
+    s.rollback().unwrap();
+    assert_all_back(&ts, &want, "after the rollback");
+    let now = domains(&ts);
+    for (name, (domid, _)) in &left {
+        assert_eq!(now[name], (*domid, false), "{name} resumed in place");
+    }
+}
+
 #[test]
 fn the_run_lock_refuses_a_second_run() {
     let t = tempfile::tempdir().unwrap();

@@ -447,7 +447,11 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 out: file.clone(),
                 image_dir: image_dir.clone(),
                 live: *live,
-                keep_running: *keep_running,
+                then: if *keep_running {
+                    crate::guest::AfterSave::Resume
+                } else {
+                    crate::guest::AfterSave::Destroy
+                },
                 read_back: *read_back,
                 // One guest: nothing to pause together with.
                 gate: None,

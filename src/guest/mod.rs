@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use power::{destroy, pause, power, PowerOptions, PowerReport};
 pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
-pub use save::{save, PauseGate, SaveOptions, SaveReport};
+pub use save::{save, AfterSave, PauseGate, SaveOptions, SaveReport};
 
 use crate::domain::{DomainRef, Uuid};
 use crate::durable::DurableError;

@@ -22,8 +22,8 @@ pub struct SaveOptions<'a> {
     pub image_dir: PathBuf,
     /// Copy memory while the guest runs (LIBXL_SUSPEND_LIVE).
     pub live: bool,
-    /// Resume the guest after saving instead of destroying it.
-    pub keep_running: bool,
+    /// What becomes of the guest once its image is safe.
+    pub then: AfterSave,
     /// Also read the image back from the device (page cache dropped) before
     /// the guest goes: for storage one distrusts. It doubles the disk
     /// traffic while the guest is down; the checks on the stream as written
@@ -48,6 +48,21 @@ pub trait PauseGate: Send + Sync {
     fn hold(&self, running: &dyn Fn() -> bool);
 }
 
+/// What a save does with the guest once the image is durable and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterSave {
+    /// As `xl save`: the domain and its devices are torn down.
+    Destroy,
+    /// As `xl save -c`: the guest runs on where it stopped.
+    Resume,
+    /// Left suspended, as it stopped: for a host that reboots next (the
+    /// reboot ends it; a rollback resumes it where it stopped, without a
+    /// restore). Tearing the devices down runs hotplug scripts, time the
+    /// reboot would otherwise wait for.
+    LeaveSuspended,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SaveReport {
     pub name: String,
@@ -58,6 +73,8 @@ pub struct SaveReport {
     pub size: u64,
     pub checksum: String,
     pub kept_running: bool,
+    /// What became of the guest.
+    pub then: AfterSave,
     /// Whether the image was also read back from the device.
     pub read_back: bool,
     pub timings: Timings,
@@ -351,12 +368,16 @@ pub fn save(
     };
 
     // The image is durable and verified: only now may the guest go.
-    if opts.keep_running {
-        ts.resume(info.domid)?;
-        steps.done("resumed the guest");
-    } else {
-        ts.destroy(info.domid)?;
-        steps.done("destroyed the guest");
+    match opts.then {
+        AfterSave::Resume => {
+            ts.resume(info.domid)?;
+            steps.done("resumed the guest");
+        }
+        AfterSave::Destroy => {
+            ts.destroy(info.domid)?;
+            steps.done("destroyed the guest");
+        }
+        AfterSave::LeaveSuspended => steps.done("left the guest suspended"),
     }
     Ok(SaveReport {
         name: info.name,
@@ -366,7 +387,8 @@ pub fn save(
         image,
         size: manifest.size,
         checksum: manifest.checksum,
-        kept_running: opts.keep_running,
+        kept_running: opts.then == AfterSave::Resume,
+        then: opts.then,
         read_back: opts.read_back,
         timings: manifest.timings,
     })

@@ -26,7 +26,9 @@ use crate::image::DiskIdentity;
 use crate::boot::{BootError, BootLoader};
 use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
 use crate::durable::{self, DurableError};
-use crate::guest::{self, OpError, PauseGate, PowerOptions, RestoreOptions, SaveOptions};
+use crate::guest::{
+    self, AfterSave, OpError, PauseGate, PowerOptions, RestoreOptions, SaveOptions,
+};
 use crate::journal::{Journal, JournalError};
 use crate::lock::{HostLock, LockError};
 use crate::plan::{self, Action, HostFacts, PlannedGuest, Policy};
@@ -499,7 +501,11 @@ impl<'a> Sequencer<'a> {
                         out: Some(self.image_path(id, g.uuid)),
                         image_dir: self.policy.image_dir.clone(),
                         live: self.policy.live,
-                        keep_running: false,
+                        then: if self.policy.leave_suspended {
+                            AfterSave::LeaveSuspended
+                        } else {
+                            AfterSave::Destroy
+                        },
                         read_back: self.policy.read_back,
                         gate,
                     },
