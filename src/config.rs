@@ -90,7 +90,7 @@ mod tests {
         std::fs::write(
             &p,
             "default_action = \"shutdown\"\nconcurrency = 4\nkeep_images = false\n\
-             pause_together = true\n\
+             pause_together = true\nleave_suspended = true\n\
              hooks = [\"/usr/local/sbin/notify\"]\nverify_s = 30.0\n[guests.db-1]\npriority = 10\n\
              [guests.web-1]\naction = \"save\"\n",
         )
@@ -103,6 +103,7 @@ mod tests {
         assert_eq!(policy.image_dir, Policy::default().image_dir);
         assert!(!policy.keep_images && Policy::default().keep_images);
         assert!(policy.pause_together && !Policy::default().pause_together);
+        assert!(policy.leave_suspended && !Policy::default().leave_suspended);
         assert_eq!(policy.hooks, ["/usr/local/sbin/notify"]);
         assert_eq!(policy.verify_s, 30.0);
     }
