@@ -170,6 +170,13 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
         };
+        // One parse when the manifest is what this xenmaint writes (every
+        // restore reads one). Its format still decides: a newer manifest
+        // that parses by luck is refused for its format.
+        let whole = match serde_json::from_str::<Manifest>(&text) {
+            Ok(m) if m.format == MANIFEST_FORMAT => return Ok(Some(m)),
+            other => other,
+        };
         // The format decides before the fields do: a newer manifest says so
         // rather than failing on a field it added (or parsing by luck).
         #[derive(serde::Deserialize)]
@@ -187,7 +194,7 @@ impl Manifest {
             }
             return Err(ManifestError::Format { path, found });
         }
-        serde_json::from_str(&text)
+        whole
             .map(Some)
             .map_err(|source| ManifestError::Parse { path, source })
     }
