@@ -74,9 +74,50 @@ impl AlignedBuf {
     }
 }
 
+thread_local! {
+    /// The buffer of this thread's last writer, for its next one: a lane
+    /// saves guest after guest, and a fresh buffer each time is an
+    /// allocation, zeroing and a free (which makes malloc consolidate its
+    /// free lists) per image.
+    static SPARE: std::cell::Cell<AlignedBuf> = std::cell::Cell::new(AlignedBuf::default());
+}
+
+/// A writer's buffer, taken from this thread's spare and given back to it
+/// when the writer is done (whatever the outcome). Its old bytes are never
+/// written: only bytes put or read in since count as filled.
+#[derive(Default)]
+struct Reused(AlignedBuf);
+
+impl Reused {
+    fn take() -> Reused {
+        Reused(SPARE.try_with(|s| s.take()).unwrap_or_default())
+    }
+}
+
+impl Drop for Reused {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // At thread exit the spare may be gone already: then the buffer is freed.
+        let _ = SPARE.try_with(|s| s.set(buf));
+    }
+}
+
+impl std::ops::Deref for Reused {
+    type Target = AlignedBuf;
+    fn deref(&self) -> &AlignedBuf {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reused {
+    fn deref_mut(&mut self) -> &mut AlignedBuf {
+        &mut self.0
+    }
+}
+
 pub struct DirectWriter {
     file: File,
-    pages: AlignedBuf,
+    pages: Reused,
     /// Bytes in the buffer not yet written.
     filled: usize,
     direct: bool,
@@ -101,7 +142,7 @@ impl DirectWriter {
     fn with_mode(file: File, direct: bool) -> DirectWriter {
         DirectWriter {
             file,
-            pages: AlignedBuf::default(),
+            pages: Reused::take(),
             filled: 0,
             direct,
             written: 0,
