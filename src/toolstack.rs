@@ -120,6 +120,15 @@ pub trait Toolstack: Sync {
     /// One domain's devices and configuration.
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail>;
 
+    /// `domain_detail` without the configuration (`config` is None), for
+    /// callers that look only at the devices: a toolstack holding the
+    /// config in hand (the simulator) need not copy it for them.
+    fn domain_devices(&self, domid: DomId) -> Result<DomainDetail> {
+        let mut detail = self.domain_detail(domid)?;
+        detail.config = None;
+        Ok(detail)
+    }
+
     /// The running hypervisor.
     fn version(&self) -> Result<HypervisorVersion>;
 

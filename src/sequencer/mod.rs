@@ -548,7 +548,7 @@ impl<'a> Sequencer<'a> {
     /// Where a running guest answers and what its disks are, from every
     /// source there is; a source that fails adds nothing (the others count).
     fn observe(&self, domid: DomId) -> Observation {
-        let detail = self.ts.domain_detail(domid).ok();
+        let detail = self.ts.domain_devices(domid).ok();
         let published = self.ts.published_addresses(domid).unwrap_or_default();
         let nics = detail.as_ref().map_or(&[][..], |d| &d.nics[..]);
         Observation {
@@ -567,7 +567,7 @@ impl<'a> Sequencer<'a> {
         };
         let now = self
             .ts
-            .domain_detail(domid)
+            .domain_devices(domid)
             .map(|d| DiskIdentity::of_all(&d.disks))
             .unwrap_or_default();
         let disks_changed = before
