@@ -226,15 +226,43 @@ impl RunState {
         else {
             return None;
         };
-        let mut s = RunState {
+        let mut s = RunState::start((**plan).clone(), hypervisor.clone(), boot_default.clone());
+        for r in it {
+            s.apply(r);
+        }
+        Some(s)
+    }
+
+    /// `replay`, taking the records: the plan (every guest's) moves into
+    /// the state instead of being copied, and the copy dropped.
+    pub fn replay_owned(records: Vec<Record>) -> Option<RunState> {
+        let mut it = records.into_iter();
+        let Some(Record::Started {
+            plan,
+            hypervisor,
+            boot_default,
+        }) = it.next()
+        else {
+            return None;
+        };
+        let mut s = RunState::start(*plan, hypervisor, boot_default);
+        for r in it {
+            s.apply(&r);
+        }
+        Some(s)
+    }
+
+    /// The state right after the Started record.
+    fn start(plan: Plan, hypervisor: Hypervisor, boot_default: Option<String>) -> RunState {
+        RunState {
             guests: plan
                 .guests
                 .iter()
                 .map(|g| (g.uuid, GuestState::Pending))
                 .collect(),
-            plan: (**plan).clone(),
-            hypervisor_before: hypervisor.clone(),
-            boot_default_before: boot_default.clone(),
+            plan,
+            hypervisor_before: hypervisor,
+            boot_default_before: boot_default,
             phase: Phase::Draining,
             patched_entry: None,
             fallback_entry: None,
@@ -247,11 +275,7 @@ impl RunState {
             images: BTreeMap::new(),
             observed: BTreeMap::new(),
             verified: BTreeMap::new(),
-        };
-        for r in it {
-            s.apply(r);
         }
-        Some(s)
     }
 
     pub(crate) fn apply(&mut self, r: &Record) {
