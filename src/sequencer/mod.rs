@@ -337,7 +337,10 @@ impl<'a> Sequencer<'a> {
         // Every guest's config, so that any of them can be cold booted later.
         // One directory fsync for all of them (a group commit), before the
         // journal is created: a crash before that leaves no run to resume,
-        // and once the journal exists every config is durable.
+        // and once the journal exists every config is durable. Each is
+        // written under its own name (no temp name and rename): nothing
+        // reads this run's configs before `current` names the run, which
+        // is after the journal exists, so a torn one is never read.
         let mut configs = durable::Batch::new();
         let mut text = Vec::new();
         for g in plan.guests.iter().filter(|g| g.action != Action::Skip) {
@@ -345,7 +348,7 @@ impl<'a> Sequencer<'a> {
             if let Some(config) = config {
                 text.clear();
                 serde_json::to_writer_pretty(&mut text, &config).expect("JSON serialises");
-                configs.replace(&config_path(&dir, g.uuid), &text)?;
+                configs.create(&config_path(&dir, g.uuid), &text)?;
             }
         }
         configs.commit()?;
