@@ -236,16 +236,32 @@ impl FromStr for Uuid {
     }
 }
 
+// Journals, manifests and status files hold thousands of UUIDs: each is
+// written from a buffer on the stack, and read without an allocation.
 impl Serialize for Uuid {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.serialize_str(
+            uuid::Uuid::from_bytes(self.0)
+                .hyphenated()
+                .encode_lower(&mut buf),
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for Uuid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Uuid;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Uuid, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
