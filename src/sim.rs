@@ -313,8 +313,8 @@ impl Sim {
     }
 
     /// Builds a domain from a libxl config, as libxl_domain_create_* would,
-    /// left paused.
-    fn add_from_config(host: &mut SimHost, config: &serde_json::Value) -> Result<DomId> {
+    /// left paused. Keeps the config (no copy of it).
+    fn add_from_config(host: &mut SimHost, config: serde_json::Value) -> Result<DomId> {
         let bad = |detail: &str| ToolstackError::BadJson {
             call: "libxl_domain_config_from_json",
             detail: detail.to_owned(),
@@ -378,22 +378,23 @@ impl Sim {
             Some("hvm") => DomainType::Hvm,
             _ => DomainType::Unknown,
         };
+        let info = DomainInfo {
+            domid,
+            name: name.to_owned(),
+            uuid,
+            state: DomainState::Paused,
+            dtype,
+            memory_kib,
+            max_memory_kib: b_info["max_memkb"].as_u64().unwrap_or(memory_kib),
+            vcpus: b_info["max_vcpus"].as_u64().unwrap_or(1) as u32,
+            shutdown_reason: None,
+        };
         host.push(SimDomain {
             detail: DomainDetail {
-                info: DomainInfo {
-                    domid,
-                    name: name.to_owned(),
-                    uuid,
-                    state: DomainState::Paused,
-                    dtype,
-                    memory_kib,
-                    max_memory_kib: b_info["max_memkb"].as_u64().unwrap_or(memory_kib),
-                    vcpus: b_info["max_vcpus"].as_u64().unwrap_or(1) as u32,
-                    shutdown_reason: None,
-                },
+                info,
                 nics,
                 disks,
-                config: Some(config.clone()),
+                config: Some(config),
             },
             ignores_shutdown: false,
             xl_daemon: false,
@@ -560,7 +561,7 @@ impl Toolstack for Sim {
         })
     }
 
-    fn restore(&self, config: &serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId> {
+    fn restore(&self, config: serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId> {
         self.with(Call::Restore, None, |h| {
             let stream = read_stream(input)
                 .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
@@ -583,7 +584,9 @@ impl Toolstack for Sim {
     }
 
     fn create(&self, config: &serde_json::Value) -> Result<DomId> {
-        self.with(Call::Create, None, |h| Sim::add_from_config(h, config))
+        self.with(Call::Create, None, |h| {
+            Sim::add_from_config(h, config.clone())
+        })
     }
 
     fn pause(&self, domid: DomId) -> Result<()> {
@@ -611,7 +614,7 @@ impl Toolstack for Sim {
                 let config = d.detail.config.clone();
                 h.remove(domid);
                 if let (Request::Reboot, Some(config)) = (what, config) {
-                    let new = Sim::add_from_config(h, &config)?;
+                    let new = Sim::add_from_config(h, config)?;
                     let d = find(h, new)?;
                     d.detail.info.state = DomainState::Running;
                     d.xl_daemon = true;

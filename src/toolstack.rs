@@ -155,7 +155,9 @@ pub trait Toolstack: Sync {
 
     /// Creates a domain from `config` (libxl JSON) and the libxl stream read
     /// from `input`. The new domain is left paused.
-    fn restore(&self, config: &serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId>;
+    /// Takes the config: a toolstack that keeps it (the simulator) then
+    /// needs no copy.
+    fn restore(&self, config: serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId>;
 
     /// Boots a new domain from `config` (libxl JSON), left paused.
     fn create(&self, config: &serde_json::Value) -> Result<DomId>;

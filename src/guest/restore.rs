@@ -168,7 +168,7 @@ fn restore_once(
 
     let mut source = Source::after_header(reader, total, progress);
     let started = Instant::now();
-    let restored = ts.restore(&config, &mut source);
+    let restored = ts.restore(config, &mut source);
     steps.done("restored the stream");
     log::debug!(
         "restore {}: {} of {} bytes read with O_DIRECT",
