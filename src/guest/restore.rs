@@ -150,7 +150,11 @@ fn restore_once(
     let steps = Steps::new(format!("restore {}", image.display()));
     let manifest = Manifest::load_for(image)?;
     let file = File::open(image).map_err(ImageError::Io)?;
-    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // For progress only: the manifest's size, else the file's.
+    let total = match &manifest {
+        Some(m) => m.size,
+        None => file.metadata().map(|m| m.len()).unwrap_or(0),
+    };
     // Unbuffered: libxl must get the stream from exactly where the header ends.
     let mut reader = Hashing::new(file);
     let header = XlHeader::read_from(&mut reader)?;
