@@ -230,7 +230,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
                 found: header.version,
             });
         }
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(lines.len() - 1);
         let mut good_len = first.len() as u64;
         let last = lines.len() - 1;
         for (i, (line, complete)) in lines.iter().enumerate().skip(1) {

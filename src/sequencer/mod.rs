@@ -237,7 +237,7 @@ impl<'a> Sequencer<'a> {
             journal.append(&rec)?;
             let mut state = run.state.lock().unwrap_or_else(|p| p.into_inner());
             match state.as_mut() {
-                Some(s) => s.apply(&rec),
+                Some(s) => s.apply(rec),
                 // The first record's plan moves into the state, uncopied.
                 None => *state = RunState::replay_owned(vec![rec]),
             }

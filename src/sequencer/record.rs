@@ -335,7 +335,7 @@ impl RunState {
         };
         let mut s = RunState::start((**plan).clone(), hypervisor.clone(), boot_default.clone());
         for r in it {
-            s.apply(r);
+            s.apply(r.clone());
         }
         Some(s)
     }
@@ -354,7 +354,7 @@ impl RunState {
         };
         let mut s = RunState::start(*plan, hypervisor, boot_default);
         for r in it {
-            s.apply(&r);
+            s.apply(r);
         }
         Some(s)
     }
@@ -385,20 +385,20 @@ impl RunState {
         }
     }
 
-    pub(crate) fn apply(&mut self, r: &Record) {
+    /// Folds one record in, taking it: what it holds moves into the state.
+    pub(crate) fn apply(&mut self, r: Record) {
         match r {
             Record::Started { .. } => {}
             Record::Observed { uuid, observation } => {
-                self.observed.insert(*uuid, observation.clone());
+                self.observed.insert(uuid, observation);
             }
             Record::Verified { uuid, verification } => {
-                self.verified.insert(*uuid, verification.clone());
+                self.verified.insert(uuid, verification);
             }
             Record::Begin { uuid, step } => {
                 // A new step makes an earlier verification stale.
-                self.verified.remove(uuid);
-                self.guests
-                    .insert(*uuid, GuestState::InStep { step: *step });
+                self.verified.remove(&uuid);
+                self.guests.insert(uuid, GuestState::InStep { step });
             }
             Record::Done {
                 uuid,
@@ -406,39 +406,28 @@ impl RunState {
                 image,
                 domid,
             } => {
-                if let (Step::Save, Some(image)) = (step, image) {
-                    self.images.insert(*uuid, image.clone());
+                if let (Step::Save, Some(image)) = (step, &image) {
+                    self.images.insert(uuid, image.clone());
                 }
                 let state = match (step, image, domid) {
-                    (Step::Save, Some(image), _) => GuestState::Saved {
-                        image: image.clone(),
-                    },
+                    (Step::Save, Some(image), _) => GuestState::Saved { image },
                     (Step::Shutdown, _, _) => GuestState::ShutDown,
-                    (step, _, Some(domid)) => GuestState::Back {
-                        domid: *domid,
-                        step: *step,
-                    },
+                    (step, _, Some(domid)) => GuestState::Back { domid, step },
                     (step, _, None) => GuestState::Failed {
-                        step: *step,
+                        step,
                         error: "recorded done without its result".into(),
                     },
                 };
-                self.guests.insert(*uuid, state);
+                self.guests.insert(uuid, state);
             }
             Record::Failed { uuid, step, error } => {
-                self.guests.insert(
-                    *uuid,
-                    GuestState::Failed {
-                        step: *step,
-                        error: error.clone(),
-                    },
-                );
+                self.guests.insert(uuid, GuestState::Failed { step, error });
             }
             Record::Drained => self.phase = Phase::Drained,
             Record::Patched { entry, fallback } => {
                 self.phase = Phase::Patched;
-                self.patched_entry = Some(entry.clone());
-                self.fallback_entry = fallback.clone();
+                self.patched_entry = Some(entry);
+                self.fallback_entry = fallback;
             }
             Record::Rebooting {
                 expect_not_build_id,
@@ -446,24 +435,24 @@ impl RunState {
                 expect_build_id,
             } => {
                 self.phase = Phase::Rebooting;
-                self.expect_not_build_id = expect_not_build_id.clone();
-                self.expect_release = expect_release.clone();
-                self.expect_build_id = expect_build_id.clone();
+                self.expect_not_build_id = expect_not_build_id;
+                self.expect_release = expect_release;
+                self.expect_build_id = expect_build_id;
             }
             Record::Booted {
                 hypervisor,
                 patch_took,
             } => {
                 self.phase = Phase::Booted;
-                self.booted = Some((hypervisor.clone(), *patch_took));
+                self.booted = Some((hypervisor, patch_took));
             }
             Record::Halted { reason } => {
                 self.phase = Phase::Halted;
-                self.halted = Some(reason.clone());
+                self.halted = Some(reason);
             }
             Record::Finished { outcome } => {
                 self.phase = Phase::Finished;
-                self.outcome = Some(*outcome);
+                self.outcome = Some(outcome);
             }
         }
     }
