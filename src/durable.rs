@@ -136,10 +136,28 @@ pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
+/// `replace` for a name that must not exist yet: a file there is refused
+/// (`Exists`), never replaced, atomically with the publish.
+pub fn create(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    write_and_publish(dest, data, rename_new)?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
 /// The content durable under a temp name, then renamed over `dest`; the
 /// rename itself is durable only once the directory is fsync'd. No temp
 /// file is left on an error.
 fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    write_and_publish(dest, data, |tmp, dest| {
+        std::fs::rename(tmp, dest).map_err(io(dest))
+    })
+}
+
+/// The content durable under a temp name, then moved to `dest` by `publish`.
+fn write_and_publish(
+    dest: &Path,
+    data: &[u8],
+    publish: impl FnOnce(&Path, &Path) -> Result<(), DurableError>,
+) -> Result<(), DurableError> {
     let tmp = tmp_path(dest);
     let mut f = create_fresh(&tmp)?;
     let written = f
@@ -147,7 +165,7 @@ fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
         .map_err(io(&tmp))
         .and_then(|()| sync(&f, &tmp));
     drop(f);
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, dest).map_err(io(dest)));
+    let renamed = written.and_then(|()| publish(&tmp, dest));
     if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -293,6 +311,23 @@ mod tests {
         replace(&p, b"one").unwrap();
         replace(&p, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert!(!tmp_path(&p).exists());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn create_never_replaces_and_leaves_no_temp_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.json");
+        create(&p, b"one").unwrap();
+        assert!(matches!(
+            create(&p, b"two"),
+            Err(DurableError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one");
         assert!(!tmp_path(&p).exists());
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,

@@ -32,6 +32,11 @@ pub struct SaveOptions<'a> {
     /// Where a live save waits near the end of its first pass over memory
     /// (see `PauseGate`); none: it goes straight on.
     pub gate: Option<&'a dyn PauseGate>,
+    /// `out` is in a directory made empty for a series of saves, each under
+    /// its own name (a run's images, by UUID): nothing can be there, so the
+    /// look before the guest is touched is left out (two lookups per save).
+    /// Publishing refuses to replace an image or a manifest either way.
+    pub fresh_dir: bool,
 }
 
 /// Lets guests saved live together pause together. libxc pauses a guest
@@ -213,7 +218,7 @@ pub fn save(
             opts.image_dir.join(format!("{}.xl", info.uuid))
         }
     };
-    if image.exists() || manifest_path(&image).exists() {
+    if !opts.fresh_dir && (image.exists() || manifest_path(&image).exists()) {
         return Err(durable::DurableError::Exists { path: image }.into());
     }
     steps.done("looked up the guest and the hypervisor");
@@ -320,8 +325,12 @@ pub fn save(
                 timings,
             };
             let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-            // Also makes the image's rename durable (same directory).
-            durable::replace(&manifest_path(&image), &text)?;
+            // Also makes the image's rename durable (same directory). Never
+            // over another image's manifest: then the image just published
+            // goes too (it has no manifest of its own).
+            durable::create(&manifest_path(&image), &text).inspect_err(|_| {
+                let _ = std::fs::remove_file(&image);
+            })?;
             steps.done("wrote the manifest");
             Ok(manifest)
         });

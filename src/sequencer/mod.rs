@@ -524,6 +524,8 @@ impl<'a> Sequencer<'a> {
                         keep_running: false,
                         read_back: self.policy.read_back,
                         gate,
+                        // The run's own image directory, made by this drain.
+                        fresh_dir: true,
                     },
                     &|_| {},
                 )
