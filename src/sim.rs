@@ -435,6 +435,16 @@ fn read_stream(input: &mut dyn RestoreSource) -> std::io::Result<Vec<u8>> {
     Ok(stream)
 }
 
+/// A domain's detail without its config.
+fn devices(d: &DomainDetail) -> DomainDetail {
+    DomainDetail {
+        info: d.info.clone(),
+        nics: d.nics.clone(),
+        disks: d.disks.clone(),
+        config: None,
+    }
+}
+
 /// The first page of a simulated save names the guest it came from.
 fn sim_tag(uuid: Uuid) -> Vec<u8> {
     format!("xenmaint-sim:{uuid}").into_bytes()
@@ -481,13 +491,15 @@ impl Toolstack for Sim {
     /// the config: thousands of simulated guests are observed and checked.
     fn domain_devices(&self, domid: DomId) -> Result<DomainDetail> {
         self.with(Call::DomainDetail, Some(domid), |h| {
+            Ok(devices(&find(h, domid)?.detail))
+        })
+    }
+
+    /// The same call again, the config written out as text from where it is.
+    fn domain_detail_text(&self, domid: DomId) -> Result<(DomainDetail, Option<String>)> {
+        self.with(Call::DomainDetail, Some(domid), |h| {
             let d = &find(h, domid)?.detail;
-            Ok(DomainDetail {
-                info: d.info.clone(),
-                nics: d.nics.clone(),
-                disks: d.disks.clone(),
-                config: None,
-            })
+            Ok((devices(d), d.config.as_ref().map(|c| c.to_string())))
         })
     }
 

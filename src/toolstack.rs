@@ -129,6 +129,16 @@ pub trait Toolstack: Sync {
         Ok(detail)
     }
 
+    /// `domain_detail` with the configuration as JSON text (what a save
+    /// image's header holds) beside it, `config` None in the detail: a
+    /// toolstack holding the config parsed (the simulator) writes the text
+    /// without copying the config first.
+    fn domain_detail_text(&self, domid: DomId) -> Result<(DomainDetail, Option<String>)> {
+        let mut detail = self.domain_detail(domid)?;
+        let text = detail.config.take().map(|c| c.to_string());
+        Ok((detail, text))
+    }
+
     /// The running hypervisor.
     fn version(&self) -> Result<HypervisorVersion>;
 

@@ -205,11 +205,8 @@ pub fn save(
     if info.domid == 0 {
         return Err(OpError::Dom0("save"));
     }
-    let mut detail = ts.domain_detail(info.domid)?;
-    let config = detail
-        .config
-        .take()
-        .ok_or_else(|| OpError::NoConfig(info.name.clone()))?;
+    let (detail, config) = ts.domain_detail_text(info.domid)?;
+    let config = config.ok_or_else(|| OpError::NoConfig(info.name.clone()))?;
     let hv = ts.version()?;
     let image = match &opts.out {
         Some(p) => p.clone(),
@@ -234,7 +231,7 @@ pub fn save(
         })
     };
     let out = DirectWriter::new(durable::create_fresh(&tmp)?);
-    let header = XlHeader::new(&config.to_string()).to_bytes();
+    let header = XlHeader::new(&config).to_bytes();
     let mut sink = match Sink::new(out, &header, info.memory_kib * 1024, progress) {
         Ok(sink) => sink,
         Err(source) => {
