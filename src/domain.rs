@@ -155,14 +155,24 @@ impl fmt::Display for DomainType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Mac(pub [u8; 6]);
 
+impl Mac {
+    /// "aa:bb:cc:dd:ee:ff", in a buffer on the stack: plans, journals and
+    /// status files hold a MAC per NIC of every guest.
+    fn text(&self) -> [u8; 17] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [b':'; 17];
+        for (i, b) in self.0.iter().enumerate() {
+            t[3 * i] = HEX[usize::from(b >> 4)];
+            t[3 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        t
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        let t = self.text();
+        f.write_str(std::str::from_utf8(&t).expect("hex digits and colons"))
     }
 }
 
@@ -193,14 +203,24 @@ impl FromStr for Mac {
 
 impl Serialize for Mac {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let t = self.text();
+        s.serialize_str(std::str::from_utf8(&t).expect("hex digits and colons"))
     }
 }
 
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Mac;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Mac, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -236,16 +256,32 @@ impl FromStr for Uuid {
     }
 }
 
+// Journals, manifests and status files hold thousands of UUIDs: each is
+// written from a buffer on the stack, and read without an allocation.
 impl Serialize for Uuid {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.serialize_str(
+            uuid::Uuid::from_bytes(self.0)
+                .hyphenated()
+                .encode_lower(&mut buf),
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for Uuid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Uuid;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Uuid, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 

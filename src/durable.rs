@@ -136,10 +136,28 @@ pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
+/// `replace` for a name that must not exist yet: a file there is refused
+/// (`Exists`), never replaced, atomically with the publish.
+pub fn create(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    write_and_publish(dest, data, rename_new)?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
 /// The content durable under a temp name, then renamed over `dest`; the
 /// rename itself is durable only once the directory is fsync'd. No temp
 /// file is left on an error.
 fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+    write_and_publish(dest, data, |tmp, dest| {
+        std::fs::rename(tmp, dest).map_err(io(dest))
+    })
+}
+
+/// The content durable under a temp name, then moved to `dest` by `publish`.
+fn write_and_publish(
+    dest: &Path,
+    data: &[u8],
+    publish: impl FnOnce(&Path, &Path) -> Result<(), DurableError>,
+) -> Result<(), DurableError> {
     let tmp = tmp_path(dest);
     let mut f = create_fresh(&tmp)?;
     let written = f
@@ -147,7 +165,7 @@ fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
         .map_err(io(&tmp))
         .and_then(|()| sync(&f, &tmp));
     drop(f);
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, dest).map_err(io(dest)));
+    let renamed = written.and_then(|()| publish(&tmp, dest));
     if renamed.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -174,12 +192,37 @@ impl Batch {
     /// be made durable by `commit`.
     pub fn replace(&mut self, dest: &Path, data: &[u8]) -> Result<(), DurableError> {
         write_and_rename(dest, data)?;
+        self.note_dir(dest);
+        Ok(())
+    }
+
+    /// A new file written under its own name, no temp name and no rename
+    /// (a rename costs as much as the write), for a directory that nothing
+    /// reads before `commit` has returned (a run's configs, before its
+    /// journal exists). Its content is fsync'd here, its name by `commit`;
+    /// a crash before that may leave it torn, or half there, for nobody
+    /// to read. Refuses an existing `dest`; on an error removes the file.
+    pub fn create(&mut self, dest: &Path, data: &[u8]) -> Result<(), DurableError> {
+        let mut f = create_new(dest)?;
+        let written = f
+            .write_all(data)
+            .map_err(io(dest))
+            .and_then(|()| sync(&f, dest));
+        drop(f);
+        if written.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        written?;
+        self.note_dir(dest);
+        Ok(())
+    }
+
+    fn note_dir(&mut self, dest: &Path) {
         let dir = dest.parent().unwrap_or(Path::new("."));
         // Batches write into one or a few directories: a linear look-up.
         if !self.dirs.iter().any(|d| d == dir) {
             self.dirs.push(dir.to_owned());
         }
-        Ok(())
     }
 
     /// Makes every rename so far durable.
@@ -276,6 +319,23 @@ mod tests {
     }
 
     #[test]
+    fn create_never_replaces_and_leaves_no_temp_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.json");
+        create(&p, b"one").unwrap();
+        assert!(matches!(
+            create(&p, b"two"),
+            Err(DurableError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one");
+        assert!(!tmp_path(&p).exists());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
     fn a_batch_writes_every_file_and_leaves_no_temp_file_on_an_error() {
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (t.path().join("a"), t.path().join("sub/b"));
@@ -310,5 +370,38 @@ mod tests {
             std::fs::metadata(&b).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_batch_creates_new_files_in_place_and_never_over_one() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("sub/b"));
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        let mut batch = Batch::new();
+        batch.create(&a, b"one").unwrap();
+        batch.create(&b, b"two").unwrap();
+        assert!(matches!(
+            batch.create(&a, b"again"),
+            Err(DurableError::Exists { .. })
+        ));
+        // A symlink planted at the name is not followed.
+        let target = t.path().join("target");
+        let planted = t.path().join("planted");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(batch.create(&planted, b"x").is_err());
+        assert!(!target.exists(), "the symlink was followed");
+        assert_eq!(batch.dirs.len(), 2, "one fsync per directory");
+        batch.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "two");
+        assert_eq!(
+            std::fs::metadata(&b).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(t.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["b"], "no temp name used");
     }
 }

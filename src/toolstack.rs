@@ -120,6 +120,25 @@ pub trait Toolstack: Sync {
     /// One domain's devices and configuration.
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail>;
 
+    /// `domain_detail` without the configuration (`config` is None), for
+    /// callers that look only at the devices: a toolstack holding the
+    /// config in hand (the simulator) need not copy it for them.
+    fn domain_devices(&self, domid: DomId) -> Result<DomainDetail> {
+        let mut detail = self.domain_detail(domid)?;
+        detail.config = None;
+        Ok(detail)
+    }
+
+    /// `domain_detail` with the configuration as JSON text (what a save
+    /// image's header holds) beside it, `config` None in the detail: a
+    /// toolstack holding the config parsed (the simulator) writes the text
+    /// without copying the config first.
+    fn domain_detail_text(&self, domid: DomId) -> Result<(DomainDetail, Option<String>)> {
+        let mut detail = self.domain_detail(domid)?;
+        let text = detail.config.take().map(|c| c.to_string());
+        Ok((detail, text))
+    }
+
     /// The running hypervisor.
     fn version(&self) -> Result<HypervisorVersion>;
 
@@ -146,7 +165,9 @@ pub trait Toolstack: Sync {
 
     /// Creates a domain from `config` (libxl JSON) and the libxl stream read
     /// from `input`. The new domain is left paused.
-    fn restore(&self, config: &serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId>;
+    /// Takes the config: a toolstack that keeps it (the simulator) then
+    /// needs no copy.
+    fn restore(&self, config: serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId>;
 
     /// Boots a new domain from `config` (libxl JSON), left paused.
     fn create(&self, config: &serde_json::Value) -> Result<DomId>;

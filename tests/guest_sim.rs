@@ -41,6 +41,7 @@ fn save_opts(dir: &Path) -> SaveOptions<'static> {
         then: AfterSave::Destroy,
         read_back: false,
         gate: None,
+        fresh_dir: false,
     }
 }
 
@@ -213,6 +214,39 @@ fn an_existing_image_is_never_overwritten_and_the_guest_is_untouched() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious");
     assert!(before.is_some());
     assert_eq!(state(&ts, "web-1"), before, "the guest was not suspended");
+}
+
+/// Without the look first (a run's fresh image directory), publishing
+/// still refuses to replace an image or a manifest: the guest runs on and
+/// what was there stays as it was.
+#[test]
+fn publishing_never_replaces_an_image_or_a_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let (image, manifest) = (t.path().join("web.xl"), t.path().join("web.manifest.json"));
+    let opts = SaveOptions {
+        out: Some(image.clone()),
+        fresh_dir: true,
+        ..save_opts(t.path())
+    };
+    for planted in [&image, &manifest] {
+        std::fs::write(planted, "precious").unwrap();
+        let e = guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{planted:?}: {e}");
+        assert_eq!(std::fs::read_to_string(planted).unwrap(), "precious");
+        assert_eq!(
+            state(&ts, "web-1"),
+            Some(DomainState::Running),
+            "{planted:?}"
+        );
+        std::fs::remove_file(planted).unwrap();
+        assert!(
+            !image.exists() && !manifest.exists(),
+            "{planted:?}: left behind"
+        );
+    }
+    guest::save(&ts, &name("web-1"), &opts, &no_progress()).unwrap();
+    guest::verify(&image).unwrap();
 }
 
 #[test]

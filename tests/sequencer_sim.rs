@@ -642,6 +642,44 @@ fn a_crash_at_any_journal_write_of_a_drain_loses_no_guest() {
     }
 }
 
+/// A drain writes every guest's config under its own name (no temp name)
+/// before its journal exists: a crash then can leave one torn. Nothing may
+/// read it: the run is not `current` yet, so resume finds the last run as it
+/// was, cold boots nothing, and the next drain starts afresh.
+#[test]
+fn a_crash_while_a_drain_writes_its_configs_leaves_nothing_to_read() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = Sim::new(host(t.path())).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    let (first, _) = s.drain().unwrap();
+    s.rollback().unwrap();
+    // The second drain's run directory as a crash left it: one config
+    // whole, one torn, no journal.
+    let configs = s.run_dir("9999999999-000000000-1").join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    let mut names = std::fs::read_dir(s.run_dir(&first).join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path());
+    let (whole, torn) = (names.next().unwrap(), names.next().unwrap());
+    std::fs::copy(&whole, configs.join(whole.file_name().unwrap())).unwrap();
+    let text = std::fs::read(&torn).unwrap();
+    std::fs::write(
+        configs.join(torn.file_name().unwrap()),
+        &text[..text.len() / 2],
+    )
+    .unwrap();
+
+    let (id, st) = s.resume().unwrap().unwrap();
+    assert_eq!(id, first, "the last run is still the current one");
+    assert_eq!(st.outcome, Some(Outcome::RolledBack));
+    assert_all_back(&ts, &want, "after the crash in the configs");
+    s.drain().unwrap();
+    s.rollback().unwrap();
+    assert_all_back(&ts, &want, "after the next run");
+}
+
 #[test]
 fn a_crash_during_resume_is_resumed_again() {
     let t0 = tempfile::tempdir().unwrap();

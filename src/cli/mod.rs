@@ -455,6 +455,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 read_back: *read_back,
                 // One guest: nothing to pause together with.
                 gate: None,
+                fresh_dir: false,
             };
             guest::save(ts, domain, &opts, &out, args.quiet)?
         }

@@ -150,7 +150,11 @@ fn restore_once(
     let steps = Steps::new(format!("restore {}", image.display()));
     let manifest = Manifest::load_for(image)?;
     let file = File::open(image).map_err(ImageError::Io)?;
-    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // For progress only: the manifest's size, else the file's.
+    let total = match &manifest {
+        Some(m) => m.size,
+        None => file.metadata().map(|m| m.len()).unwrap_or(0),
+    };
     // Unbuffered: libxl must get the stream from exactly where the header ends.
     let mut reader = Hashing::new(file);
     let header = XlHeader::read_from(&mut reader)?;
@@ -168,7 +172,7 @@ fn restore_once(
 
     let mut source = Source::after_header(reader, total, progress);
     let started = Instant::now();
-    let restored = ts.restore(&config, &mut source);
+    let restored = ts.restore(config, &mut source);
     steps.done("restored the stream");
     log::debug!(
         "restore {}: {} of {} bytes read with O_DIRECT",

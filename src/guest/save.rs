@@ -32,6 +32,11 @@ pub struct SaveOptions<'a> {
     /// Where a live save waits near the end of its first pass over memory
     /// (see `PauseGate`); none: it goes straight on.
     pub gate: Option<&'a dyn PauseGate>,
+    /// `out` is in a directory made empty for a series of saves, each under
+    /// its own name (a run's images, by UUID): nothing can be there, so the
+    /// look before the guest is touched is left out (two lookups per save).
+    /// Publishing refuses to replace an image or a manifest either way.
+    pub fresh_dir: bool,
 }
 
 /// Lets guests saved live together pause together. libxc pauses a guest
@@ -217,11 +222,8 @@ pub fn save(
     if info.domid == 0 {
         return Err(OpError::Dom0("save"));
     }
-    let mut detail = ts.domain_detail(info.domid)?;
-    let config = detail
-        .config
-        .take()
-        .ok_or_else(|| OpError::NoConfig(info.name.clone()))?;
+    let (detail, config) = ts.domain_detail_text(info.domid)?;
+    let config = config.ok_or_else(|| OpError::NoConfig(info.name.clone()))?;
     let hv = ts.version()?;
     let image = match &opts.out {
         Some(p) => p.clone(),
@@ -230,7 +232,7 @@ pub fn save(
             opts.image_dir.join(format!("{}.xl", info.uuid))
         }
     };
-    if image.exists() || manifest_path(&image).exists() {
+    if !opts.fresh_dir && (image.exists() || manifest_path(&image).exists()) {
         return Err(durable::DurableError::Exists { path: image }.into());
     }
     steps.done("looked up the guest and the hypervisor");
@@ -246,7 +248,7 @@ pub fn save(
         })
     };
     let out = DirectWriter::new(durable::create_fresh(&tmp)?);
-    let header = XlHeader::new(&config.to_string()).to_bytes();
+    let header = XlHeader::new(&config).to_bytes();
     let mut sink = match Sink::new(out, &header, info.memory_kib * 1024, progress) {
         Ok(sink) => sink,
         Err(source) => {
@@ -267,7 +269,7 @@ pub fn save(
         .map_err(OpError::from)
         .and_then(|()| {
             let save_time = started.elapsed();
-            steps.done(if sink.out.is_direct() {
+            steps.done(if sink.out.wrote_direct() {
                 "wrote the stream (O_DIRECT)"
             } else {
                 "wrote the stream (page cache)"
@@ -337,8 +339,12 @@ pub fn save(
                 timings,
             };
             let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-            // Also makes the image's rename durable (same directory).
-            durable::replace(&manifest_path(&image), &text)?;
+            // Also makes the image's rename durable (same directory). Never
+            // over another image's manifest: then the image just published
+            // goes too (it has no manifest of its own).
+            durable::create(&manifest_path(&image), &text).inspect_err(|_| {
+                let _ = std::fs::remove_file(&image);
+            })?;
             steps.done("wrote the manifest");
             Ok(manifest)
         });
@@ -469,8 +475,16 @@ mod tests {
                 sink.read_all(&mut rd).unwrap()
             });
             assert_eq!(taken, data.len() as u64);
-            if !buffered && File::open(&path).is_ok_and(|f| DirectWriter::new(f).is_direct()) {
-                assert!(sink.out.is_direct(), "O_DIRECT taken, yet not used");
+            let takes_direct = || {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&path)
+                    .is_ok()
+            };
+            if !buffered && takes_direct() {
+                assert!(sink.out.wrote_direct(), "O_DIRECT taken, yet not used");
             }
             let (out, sum, scanner, bytes) = sink.into_parts();
             scanner.finish().unwrap();

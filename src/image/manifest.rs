@@ -1,6 +1,7 @@
 //! `<image>.manifest.json`: what xenmaint knows about an image beyond xl's
 //! format: its checksum, the guest and host it came from, and timings.
 
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -160,15 +161,45 @@ pub fn manifest_path(image: &Path) -> PathBuf {
     image.with_file_name(format!("{stem}.manifest.json"))
 }
 
+/// A small file's text: what `std::fs::read_to_string` gives, without the
+/// `statx` (and `lseek`) it asks for the size first: a manifest, a KiB or
+/// two, is read for every restore.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0; 4 << 10];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+}
+
 impl Manifest {
     /// Loads the manifest beside `image`; `Ok(None)` when there is none (an
     /// image from `xl save`).
     pub fn load_for(image: &Path) -> Result<Option<Manifest>, ManifestError> {
         let path = manifest_path(image);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_small(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
+        };
+        // One parse when the manifest is what this xenmaint writes (every
+        // restore reads one). Its format still decides: a newer manifest
+        // that parses by luck is refused for its format.
+        let whole = match serde_json::from_str::<Manifest>(&text) {
+            Ok(m) if m.format == MANIFEST_FORMAT => return Ok(Some(m)),
+            other => other,
         };
         // The format decides before the fields do: a newer manifest says so
         // rather than failing on a field it added (or parsing by luck).
@@ -187,7 +218,7 @@ impl Manifest {
             }
             return Err(ManifestError::Format { path, found });
         }
-        serde_json::from_str(&text)
+        whole
             .map(Some)
             .map_err(|source| ManifestError::Parse { path, source })
     }
@@ -232,6 +263,21 @@ mod tests {
             DiskKind::Missing
         );
         assert_eq!(DiskIdentity::of(&disk(None)).kind, DiskKind::Other);
+    }
+
+    #[test]
+    fn small_files_read_whole_at_any_size() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        for len in [0, 1, 4095, 4096, 4097, 20_000] {
+            let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            std::fs::write(&p, &text).unwrap();
+            assert_eq!(read_small(&p).unwrap(), text, "{len} bytes");
+        }
+        std::fs::write(&p, b"ok \xff").unwrap();
+        let e = read_small(&p).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(read_small(&t.path().join("gone")).is_err());
     }
 
     #[test]

@@ -312,10 +312,10 @@ impl Toolstack for Libxl {
 
     fn restore(
         &self,
-        config: &serde_json::Value,
+        config: serde_json::Value,
         input: &mut dyn crate::toolstack::RestoreSource,
     ) -> Result<DomId> {
-        lifecycle::restore(self, config, input)
+        lifecycle::restore(self, &config, input)
     }
 
     fn create(&self, config: &serde_json::Value) -> Result<DomId> {

@@ -40,6 +40,9 @@ struct State {
     opened: u64,
     /// Saves waiting at the gate.
     waiting: usize,
+    /// Threads waiting on `changed`: with none, a lane given back wakes
+    /// nobody (each wake is a system call, three per guest in a run).
+    sleepers: usize,
 }
 
 impl<'a> Lanes<'a> {
@@ -51,6 +54,7 @@ impl<'a> Lanes<'a> {
                 active: 0,
                 opened: 0,
                 waiting: 0,
+                sleepers: 0,
             }),
             changed: Condvar::new(),
             stop,
@@ -95,7 +99,9 @@ impl<'a> Lanes<'a> {
     fn take(&self) {
         let mut s = self.lock();
         while s.busy >= self.lanes {
+            s.sleepers += 1;
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.sleepers -= 1;
         }
         s.busy += 1;
     }
@@ -126,8 +132,12 @@ pub struct Lane<'l, 'a>(&'l Lanes<'a>);
 
 impl Drop for Lane<'_, '_> {
     fn drop(&mut self) {
-        self.0.lock().busy -= 1;
-        self.0.changed.notify_all();
+        let mut s = self.0.lock();
+        s.busy -= 1;
+        // Under the lock: a thread about to wait counted itself first.
+        if s.sleepers > 0 {
+            self.0.changed.notify_all();
+        }
     }
 }
 
@@ -152,11 +162,13 @@ impl PauseGate for Lanes<'_> {
             if !still || s.opened != arrived {
                 break;
             }
+            s.sleepers += 1;
             s = self
                 .changed
                 .wait_timeout(s, RUNNING_POLL)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            s.sleepers -= 1;
         }
         s.waiting -= 1;
         s.active += 1;

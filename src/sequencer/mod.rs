@@ -139,10 +139,27 @@ struct Run {
 }
 
 impl Run {
-    /// The run's state as journaled up to now.
+    /// The run's state as journaled up to now: a copy, which with
+    /// thousands of guests costs (and so does dropping it); `read` and
+    /// `into_state` do not copy.
     fn state(&self) -> Result<RunState> {
+        self.read(RunState::clone)
+    }
+
+    /// Looks at the run's state as journaled up to now, under its lock.
+    fn read<T>(&self, f: impl FnOnce(&RunState) -> T) -> Result<T> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.clone().ok_or_else(|| no_start_record(&self.dir))
+        state
+            .as_ref()
+            .map(f)
+            .ok_or_else(|| no_start_record(&self.dir))
+    }
+
+    /// The run's state, for a caller done with the run.
+    fn into_state(self) -> Result<RunState> {
+        let Run { dir, state, .. } = self;
+        let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
+        state.ok_or_else(|| no_start_record(&dir))
     }
 }
 
@@ -182,28 +199,28 @@ impl<'a> Sequencer<'a> {
         };
         let path = self.runs_dir().join(&id).join("journal");
         let (_, records) = Journal::<Record>::read(&path)?;
-        Ok(RunState::replay(&records).map(|s| (id, s)))
+        Ok(RunState::replay_owned(records).map(|s| (id, s)))
     }
 
-    /// The current run opened for appending, with its state: one read of
+    /// The current run opened for appending, its state in it: one read of
     /// its journal. None, as for `state`, when there is no run or it died
     /// before its start record.
-    fn open_current(&self) -> Result<Option<(String, Run, RunState)>> {
+    fn open_current(&self) -> Result<Option<(String, Run)>> {
         let Some(id) = self.current_id()? else {
             return Ok(None);
         };
         let dir = self.runs_dir().join(&id);
         let (journal, _, records) = Journal::<Record>::open(&dir.join("journal"))?;
-        let Some(state) = RunState::replay(&records) else {
+        let Some(state) = RunState::replay_owned(records) else {
             return Ok(None);
         };
         let run = Run {
             dir,
             journal: Mutex::new(journal),
-            state: Mutex::new(Some(state.clone())),
+            state: Mutex::new(Some(state)),
             crashed: AtomicBool::new(false),
         };
-        Ok(Some((id, run, state)))
+        Ok(Some((id, run)))
     }
 
     /// Journals a record, with the failpoints either side of it. A record
@@ -215,27 +232,29 @@ impl<'a> Sequencer<'a> {
         at.push_str("before ");
         describe(&mut at, &rec);
         self.crash_point(run, &at)?;
+        let (boundary, kind) = (rec.phase_boundary(), rec.kind());
         {
             // One lock for both: the fold follows the journal's order.
             let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
             journal.append(&rec)?;
             let mut state = run.state.lock().unwrap_or_else(|p| p.into_inner());
             match state.as_mut() {
-                Some(s) => s.apply(&rec),
-                None => *state = RunState::replay(std::slice::from_ref(&rec)),
+                Some(s) => s.apply(rec),
+                // The first record's plan moves into the state, uncopied.
+                None => *state = RunState::replay_owned(vec![rec]),
             }
         }
         at.replace_range(.."before".len(), "after");
         self.crash_point(run, &at)?;
-        if rec.phase_boundary() {
-            self.phase_changed(run, &rec)?;
+        if boundary {
+            self.phase_changed(run, kind)?;
         }
         Ok(())
     }
 
     /// `<run>/status.json` (what `status --json` prints), then the hooks,
     /// with the run id, the phase and that file's path in their environment.
-    fn phase_changed(&self, run: &Run, rec: &Record) -> Result<()> {
+    fn phase_changed(&self, run: &Run, kind: &'static str) -> Result<()> {
         #[derive(serde::Serialize)]
         struct Status<'s> {
             event: &'static str,
@@ -258,7 +277,7 @@ impl<'a> Sequencer<'a> {
         if !self.policy.hooks.is_empty() {
             let env = [
                 ("XENMAINT_RUN", id),
-                ("XENMAINT_PHASE", rec.kind().to_owned()),
+                ("XENMAINT_PHASE", kind.to_owned()),
                 ("XENMAINT_STATUS", status.to_string_lossy().into_owned()),
             ];
             hooks::run_all(
@@ -320,7 +339,10 @@ impl<'a> Sequencer<'a> {
         // Every guest's config, so that any of them can be cold booted later.
         // One directory fsync for all of them (a group commit), before the
         // journal is created: a crash before that leaves no run to resume,
-        // and once the journal exists every config is durable.
+        // and once the journal exists every config is durable. Each is
+        // written under its own name (no temp name and rename): nothing
+        // reads this run's configs before `current` names the run, which
+        // is after the journal exists, so a torn one is never read.
         let mut configs = durable::Batch::new();
         let mut text = Vec::new();
         for g in plan.guests.iter().filter(|g| g.action != Action::Skip) {
@@ -328,7 +350,7 @@ impl<'a> Sequencer<'a> {
             if let Some(config) = config {
                 text.clear();
                 serde_json::to_writer_pretty(&mut text, &config).expect("JSON serialises");
-                configs.replace(&config_path(&dir, g.uuid), &text)?;
+                configs.create(&config_path(&dir, g.uuid), &text)?;
             }
         }
         configs.commit()?;
@@ -406,7 +428,7 @@ impl<'a> Sequencer<'a> {
                     .into(),
             });
         }
-        Ok((id, run.state()?))
+        Ok((id, run.into_state()?))
     }
 
     fn policy_rolls_back(&self) -> bool {
@@ -508,6 +530,8 @@ impl<'a> Sequencer<'a> {
                         },
                         read_back: self.policy.read_back,
                         gate,
+                        // The run's own image directory, made by this drain.
+                        fresh_dir: true,
                     },
                     &|_| {},
                 )
@@ -554,7 +578,7 @@ impl<'a> Sequencer<'a> {
     /// Where a running guest answers and what its disks are, from every
     /// source there is; a source that fails adds nothing (the others count).
     fn observe(&self, domid: DomId) -> Observation {
-        let detail = self.ts.domain_detail(domid).ok();
+        let detail = self.ts.domain_devices(domid).ok();
         let published = self.ts.published_addresses(domid).unwrap_or_default();
         let nics = detail.as_ref().map_or(&[][..], |d| &d.nics[..]);
         Observation {
@@ -567,13 +591,17 @@ impl<'a> Sequencer<'a> {
     /// step: its addresses answer (a cold booted guest gets `verify_s` to
     /// boot), its disks are the same. Records the result; with
     /// `keep_images` off, a guest that checks out loses its image.
-    fn verify(&self, run: &Run, state: &RunState, g: &PlannedGuest, domid: DomId) -> Result<()> {
-        let Some(before) = state.observed.get(&g.uuid) else {
-            return Ok(());
-        };
+    fn verify(
+        &self,
+        run: &Run,
+        before: &Observation,
+        image: Option<&Path>,
+        g: &PlannedGuest,
+        domid: DomId,
+    ) -> Result<()> {
         let now = self
             .ts
-            .domain_detail(domid)
+            .domain_devices(domid)
             .map(|d| DiskIdentity::of_all(&d.disks))
             .unwrap_or_default();
         let disks_changed = before
@@ -626,7 +654,7 @@ impl<'a> Sequencer<'a> {
             },
         )?;
         if ok && !self.policy.keep_images {
-            if let Some(image) = state.images.get(&g.uuid) {
+            if let Some(image) = image {
                 guest::remove_image(image)?;
             }
         }
@@ -649,11 +677,12 @@ impl<'a> Sequencer<'a> {
     /// a patched one that does not boot falls back to it.
     pub fn patch(&self, command: &str, entry: &str) -> Result<()> {
         let _lock = self.lock("patch")?;
-        let (id, run, state) = self.open_current()?.ok_or(SeqError::NoRun("patch"))?;
-        if state.phase != Phase::Drained && state.phase != Phase::Patched {
+        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("patch"))?;
+        let (phase, release) = run.read(|s| (s.phase, s.hypervisor_before.release.clone()))?;
+        if phase != Phase::Drained && phase != Phase::Patched {
             return Err(SeqError::WrongPhase {
                 run: id,
-                phase: state.phase,
+                phase,
                 verb: "patch",
                 want: "drained",
             });
@@ -667,7 +696,6 @@ impl<'a> Sequencer<'a> {
             .hypervisor
             .clone()
             .ok_or_else(|| SeqError::NoFallback(current.id.clone()))?;
-        let release = &state.hypervisor_before.release;
         // The default may already be a copy kept by an earlier run (whose
         // patch did not take): it is the fallback as it is.
         let kept = current.id.starts_with(FALLBACK_PREFIX);
@@ -701,28 +729,31 @@ impl<'a> Sequencer<'a> {
     /// Records what should boot, then reboots the host with `command`.
     pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
         let lock = self.lock("reboot")?;
-        let (id, run, state) = self.open_current()?.ok_or(SeqError::NoRun("reboot"))?;
-        if state.phase != Phase::Patched && state.phase != Phase::Drained {
+        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("reboot"))?;
+        let (phase, patched_entry, build_id_before) = run.read(|s| {
+            (
+                s.phase,
+                s.patched_entry.clone(),
+                s.hypervisor_before.build_id.clone(),
+            )
+        })?;
+        if phase != Phase::Patched && phase != Phase::Drained {
             return Err(SeqError::WrongPhase {
                 run: id,
-                phase: state.phase,
+                phase,
                 verb: "reboot",
                 want: "drained (and patched)",
             });
         }
-        let patched = state.phase == Phase::Patched;
-        let expect_build_id = match (&state.patched_entry, patched) {
+        let patched = phase == Phase::Patched;
+        let expect_build_id = match (&patched_entry, patched) {
             (Some(entry), true) => self.boot.build_id_of(entry)?,
             _ => None,
         };
         self.record(
             &run,
             Record::Rebooting {
-                expect_not_build_id: if patched {
-                    state.hypervisor_before.build_id.clone()
-                } else {
-                    None
-                },
+                expect_not_build_id: if patched { build_id_before } else { None },
                 expect_release: expect_release.map(str::to_owned),
                 expect_build_id,
             },
@@ -737,37 +768,44 @@ impl<'a> Sequencer<'a> {
     /// and brings every guest back, most important first.
     pub fn resume(&self) -> Result<Option<(String, RunState)>> {
         let _lock = self.lock("resume")?;
-        let Some((id, run, state)) = self.open_current()? else {
+        let Some((id, run)) = self.open_current()? else {
             self.recover_unstarted()?;
             return Ok(None);
         };
+        let (phase, outcome) = run.read(|s| (s.phase, s.outcome))?;
         // A finished run is done, unless it left guests down: then resume
         // tries them again (once whatever stopped them is fixed).
-        if state.phase == Phase::Finished && state.outcome != Some(Outcome::Incomplete) {
-            return Ok(Some((id, state)));
+        if phase == Phase::Finished && outcome != Some(Outcome::Incomplete) {
+            return Ok(Some((id, run.into_state()?)));
         }
-        if state.phase == Phase::Rebooting {
+        if phase == Phase::Rebooting {
             let now = self.hypervisor()?;
-            // A build other than the one that ran before, and, when the
-            // patched image told us its build-id, exactly that build.
-            let is_new = match (&state.expect_not_build_id, &now.build_id) {
-                (Some(before), Some(now)) => before != now,
-                (Some(_), None) => now.release != state.hypervisor_before.release,
-                (None, _) => true,
-            };
-            let is_expected = match (&state.expect_build_id, &now.build_id) {
-                (Some(want), Some(now)) => want == now,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            let differs = is_new && is_expected;
-            let release_ok = state
-                .expect_release
-                .as_deref()
-                .is_none_or(|want| now.release == want);
-            let took = differs && release_ok;
+            let (took, patched_entry, expect_build_id) = run.read(|state| {
+                // A build other than the one that ran before, and, when the
+                // patched image told us its build-id, exactly that build.
+                let is_new = match (&state.expect_not_build_id, &now.build_id) {
+                    (Some(before), Some(now)) => before != now,
+                    (Some(_), None) => now.release != state.hypervisor_before.release,
+                    (None, _) => true,
+                };
+                let is_expected = match (&state.expect_build_id, &now.build_id) {
+                    (Some(want), Some(now)) => want == now,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let differs = is_new && is_expected;
+                let release_ok = state
+                    .expect_release
+                    .as_deref()
+                    .is_none_or(|want| now.release == want);
+                (
+                    differs && release_ok,
+                    state.patched_entry.clone(),
+                    state.expect_build_id.clone(),
+                )
+            })?;
             if took {
-                if let Some(entry) = &state.patched_entry {
+                if let Some(entry) = &patched_entry {
                     self.boot.commit(entry)?;
                 }
             } else {
@@ -776,10 +814,7 @@ impl<'a> Sequencer<'a> {
                      ({}); the boot default stays {}; bringing every guest back on it",
                     now.release,
                     now.build_id.as_deref().unwrap_or("no build-id"),
-                    state
-                        .expect_build_id
-                        .as_deref()
-                        .unwrap_or("build-id unknown"),
+                    expect_build_id.as_deref().unwrap_or("build-id unknown"),
                     self.boot.default_entry()?.unwrap_or_default()
                 );
             }
@@ -796,7 +831,7 @@ impl<'a> Sequencer<'a> {
         let left = self.bring_back_all(&run, &state)?;
         if self.stop.load(Ordering::SeqCst) {
             // Not finished: the next resume brings back the rest.
-            return Err(SeqError::Interrupted(run.state()?.phase));
+            return Err(SeqError::Interrupted(run.read(|s| s.phase)?));
         }
         let outcome = if left > 0 {
             Outcome::Incomplete
@@ -809,7 +844,7 @@ impl<'a> Sequencer<'a> {
         if left > 0 {
             return Err(SeqError::Incomplete(left));
         }
-        let state = run.state()?;
+        let state = run.into_state()?;
         if let Some((hv, false)) = &state.booted {
             return Err(SeqError::PatchDidNotTake {
                 booted: hv.release.clone(),
@@ -930,14 +965,25 @@ impl<'a> Sequencer<'a> {
         // Then the checks, all guests at once: a probe costs nothing, and a
         // guest still booting must not hold up another's restore. A check
         // the journal already holds (for the guest as it runs now) is not
-        // repeated by a second resume.
-        let now = run.state()?;
+        // repeated by a second resume. Each guest's entries are read as
+        // journaled now, under the run's lock, not from a copy of the whole
+        // state: only the worker on a guest journals about it.
         let checks = Lanes::new(VERIFY_LANES, self.stop);
-        self.each_guest(run, &now.plan.guests, true, &checks, 0, |g| {
-            let back = matches!(now.guests.get(&g.uuid), Some(GuestState::Back { .. }));
-            if back && !now.verified.contains_key(&g.uuid) {
+        self.each_guest(run, &state.plan.guests, true, &checks, 0, |g| {
+            let (back, checked, before, image) = run.read(|now| {
+                (
+                    matches!(now.guests.get(&g.uuid), Some(GuestState::Back { .. })),
+                    now.verified.contains_key(&g.uuid),
+                    now.observed.get(&g.uuid).cloned(),
+                    now.images.get(&g.uuid).cloned(),
+                )
+            })?;
+            if back && !checked {
                 if let Some(d) = self.find(g.uuid)? {
-                    self.verify(run, &now, g, d.domid)?;
+                    // Nothing observed before its step: nothing to check.
+                    if let Some(before) = &before {
+                        self.verify(run, before, image.as_deref(), g, d.domid)?;
+                    }
                 }
             }
             Ok(true)
@@ -1117,7 +1163,7 @@ impl<'a> Sequencer<'a> {
                 pruned.kept.push(id);
                 continue;
             };
-            let Some(state) = RunState::replay(&records) else {
+            let Some(state) = RunState::replay_owned(records) else {
                 pruned.kept.push(id);
                 continue;
             };

@@ -55,7 +55,7 @@ pub enum Step {
 
 /// A journal record. Every step is recorded before (`Begin`) and after
 /// (`Done`/`Failed`), so a replay knows what may have been under way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Started {
@@ -108,6 +108,113 @@ pub enum Record {
     Finished {
         outcome: Outcome,
     },
+}
+
+/// How a record is read. serde reads an internally tagged enum (as the
+/// derived reader of `Record` did) by buffering the whole record first, the
+/// start record's plan of every guest included, and then reading the buffer:
+/// most of a replay's time. The fields of every kind of record, read
+/// straight from the text, and the tag then picking a kind's own, read the
+/// same records: the tag anywhere, unknown fields ignored, a missing
+/// optional field None, a missing required one refused.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Started,
+    Observed,
+    Begin,
+    Done,
+    Failed,
+    Verified,
+    Drained,
+    Patched,
+    Rebooting,
+    Booted,
+    Halted,
+    Finished,
+}
+
+#[derive(Deserialize)]
+struct Fields {
+    #[serde(rename = "type")]
+    kind: Kind,
+    plan: Option<Box<Plan>>,
+    hypervisor: Option<Hypervisor>,
+    boot_default: Option<String>,
+    uuid: Option<Uuid>,
+    observation: Option<Observation>,
+    step: Option<Step>,
+    image: Option<PathBuf>,
+    domid: Option<DomId>,
+    error: Option<String>,
+    verification: Option<Verification>,
+    entry: Option<String>,
+    fallback: Option<String>,
+    expect_not_build_id: Option<String>,
+    expect_release: Option<String>,
+    expect_build_id: Option<String>,
+    patch_took: Option<bool>,
+    reason: Option<String>,
+    outcome: Option<Outcome>,
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Record, D::Error> {
+        fn need<T, E: serde::de::Error>(field: Option<T>, name: &'static str) -> Result<T, E> {
+            field.ok_or_else(|| E::missing_field(name))
+        }
+        let f = Fields::deserialize(d)?;
+        Ok(match f.kind {
+            Kind::Started => Record::Started {
+                plan: need(f.plan, "plan")?,
+                hypervisor: need(f.hypervisor, "hypervisor")?,
+                boot_default: f.boot_default,
+            },
+            Kind::Observed => Record::Observed {
+                uuid: need(f.uuid, "uuid")?,
+                observation: need(f.observation, "observation")?,
+            },
+            Kind::Begin => Record::Begin {
+                uuid: need(f.uuid, "uuid")?,
+                step: need(f.step, "step")?,
+            },
+            Kind::Done => Record::Done {
+                uuid: need(f.uuid, "uuid")?,
+                step: need(f.step, "step")?,
+                image: f.image,
+                domid: f.domid,
+            },
+            Kind::Failed => Record::Failed {
+                uuid: need(f.uuid, "uuid")?,
+                step: need(f.step, "step")?,
+                error: need(f.error, "error")?,
+            },
+            Kind::Verified => Record::Verified {
+                uuid: need(f.uuid, "uuid")?,
+                verification: need(f.verification, "verification")?,
+            },
+            Kind::Drained => Record::Drained,
+            Kind::Patched => Record::Patched {
+                entry: need(f.entry, "entry")?,
+                fallback: f.fallback,
+            },
+            Kind::Rebooting => Record::Rebooting {
+                expect_not_build_id: f.expect_not_build_id,
+                expect_release: f.expect_release,
+                expect_build_id: f.expect_build_id,
+            },
+            Kind::Booted => Record::Booted {
+                hypervisor: need(f.hypervisor, "hypervisor")?,
+                patch_took: need(f.patch_took, "patch_took")?,
+            },
+            Kind::Halted => Record::Halted {
+                reason: need(f.reason, "reason")?,
+            },
+            Kind::Finished => Record::Finished {
+                outcome: need(f.outcome, "outcome")?,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,15 +333,43 @@ impl RunState {
         else {
             return None;
         };
-        let mut s = RunState {
+        let mut s = RunState::start((**plan).clone(), hypervisor.clone(), boot_default.clone());
+        for r in it {
+            s.apply(r.clone());
+        }
+        Some(s)
+    }
+
+    /// `replay`, taking the records: the plan (every guest's) moves into
+    /// the state instead of being copied, and the copy dropped.
+    pub fn replay_owned(records: Vec<Record>) -> Option<RunState> {
+        let mut it = records.into_iter();
+        let Some(Record::Started {
+            plan,
+            hypervisor,
+            boot_default,
+        }) = it.next()
+        else {
+            return None;
+        };
+        let mut s = RunState::start(*plan, hypervisor, boot_default);
+        for r in it {
+            s.apply(r);
+        }
+        Some(s)
+    }
+
+    /// The state right after the Started record.
+    fn start(plan: Plan, hypervisor: Hypervisor, boot_default: Option<String>) -> RunState {
+        RunState {
             guests: plan
                 .guests
                 .iter()
                 .map(|g| (g.uuid, GuestState::Pending))
                 .collect(),
-            plan: (**plan).clone(),
-            hypervisor_before: hypervisor.clone(),
-            boot_default_before: boot_default.clone(),
+            plan,
+            hypervisor_before: hypervisor,
+            boot_default_before: boot_default,
             phase: Phase::Draining,
             patched_entry: None,
             fallback_entry: None,
@@ -247,27 +382,23 @@ impl RunState {
             images: BTreeMap::new(),
             observed: BTreeMap::new(),
             verified: BTreeMap::new(),
-        };
-        for r in it {
-            s.apply(r);
         }
-        Some(s)
     }
 
-    pub(crate) fn apply(&mut self, r: &Record) {
+    /// Folds one record in, taking it: what it holds moves into the state.
+    pub(crate) fn apply(&mut self, r: Record) {
         match r {
             Record::Started { .. } => {}
             Record::Observed { uuid, observation } => {
-                self.observed.insert(*uuid, observation.clone());
+                self.observed.insert(uuid, observation);
             }
             Record::Verified { uuid, verification } => {
-                self.verified.insert(*uuid, verification.clone());
+                self.verified.insert(uuid, verification);
             }
             Record::Begin { uuid, step } => {
                 // A new step makes an earlier verification stale.
-                self.verified.remove(uuid);
-                self.guests
-                    .insert(*uuid, GuestState::InStep { step: *step });
+                self.verified.remove(&uuid);
+                self.guests.insert(uuid, GuestState::InStep { step });
             }
             Record::Done {
                 uuid,
@@ -275,39 +406,28 @@ impl RunState {
                 image,
                 domid,
             } => {
-                if let (Step::Save, Some(image)) = (step, image) {
-                    self.images.insert(*uuid, image.clone());
+                if let (Step::Save, Some(image)) = (step, &image) {
+                    self.images.insert(uuid, image.clone());
                 }
                 let state = match (step, image, domid) {
-                    (Step::Save, Some(image), _) => GuestState::Saved {
-                        image: image.clone(),
-                    },
+                    (Step::Save, Some(image), _) => GuestState::Saved { image },
                     (Step::Shutdown, _, _) => GuestState::ShutDown,
-                    (step, _, Some(domid)) => GuestState::Back {
-                        domid: *domid,
-                        step: *step,
-                    },
+                    (step, _, Some(domid)) => GuestState::Back { domid, step },
                     (step, _, None) => GuestState::Failed {
-                        step: *step,
+                        step,
                         error: "recorded done without its result".into(),
                     },
                 };
-                self.guests.insert(*uuid, state);
+                self.guests.insert(uuid, state);
             }
             Record::Failed { uuid, step, error } => {
-                self.guests.insert(
-                    *uuid,
-                    GuestState::Failed {
-                        step: *step,
-                        error: error.clone(),
-                    },
-                );
+                self.guests.insert(uuid, GuestState::Failed { step, error });
             }
             Record::Drained => self.phase = Phase::Drained,
             Record::Patched { entry, fallback } => {
                 self.phase = Phase::Patched;
-                self.patched_entry = Some(entry.clone());
-                self.fallback_entry = fallback.clone();
+                self.patched_entry = Some(entry);
+                self.fallback_entry = fallback;
             }
             Record::Rebooting {
                 expect_not_build_id,
@@ -315,24 +435,24 @@ impl RunState {
                 expect_build_id,
             } => {
                 self.phase = Phase::Rebooting;
-                self.expect_not_build_id = expect_not_build_id.clone();
-                self.expect_release = expect_release.clone();
-                self.expect_build_id = expect_build_id.clone();
+                self.expect_not_build_id = expect_not_build_id;
+                self.expect_release = expect_release;
+                self.expect_build_id = expect_build_id;
             }
             Record::Booted {
                 hypervisor,
                 patch_took,
             } => {
                 self.phase = Phase::Booted;
-                self.booted = Some((hypervisor.clone(), *patch_took));
+                self.booted = Some((hypervisor, patch_took));
             }
             Record::Halted { reason } => {
                 self.phase = Phase::Halted;
-                self.halted = Some(reason.clone());
+                self.halted = Some(reason);
             }
             Record::Finished { outcome } => {
                 self.phase = Phase::Finished;
-                self.outcome = Some(*outcome);
+                self.outcome = Some(outcome);
             }
         }
     }
@@ -373,5 +493,156 @@ impl RunState {
             .iter()
             .find(|g| g.uuid == uuid)
             .map_or(Action::Skip, |g| g.action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{Address, Source};
+    use crate::domain::PhysInfo;
+    use crate::image::DiskKind;
+    use crate::plan::PlannedGuest;
+
+    fn every_kind() -> Vec<Record> {
+        let uuid: Uuid = "6f1c0a52-3b1e-4c55-9e0a-2d1f7a3b9c10".parse().unwrap();
+        let hv = Hypervisor {
+            release: "4.17.5".into(),
+            build_id: Some("abc".into()),
+        };
+        let plan = Plan {
+            hypervisor: "4.17.5".into(),
+            image_dir: "/var/lib/xenmaint/images".into(),
+            space_needed: 1 << 30,
+            space_free: 1 << 40,
+            host_memory: PhysInfo {
+                total_memory_kib: 1 << 24,
+                free_memory_kib: 1 << 20,
+                outstanding_memory_kib: 0,
+                nr_cpus: 8,
+            },
+            concurrency: 2,
+            est_drain_s: 0.125,
+            est_resume_s: 3.25,
+            guests: vec![PlannedGuest {
+                name: "web-1".into(),
+                uuid,
+                domid: 7,
+                action: Action::Save,
+                priority: 10,
+                order: 1,
+                memory_kib: 1 << 20,
+                image_bytes: 1 << 30,
+                est_drain_s: 1.5,
+                est_resume_s: 2.5,
+                nics: Vec::new(),
+            }],
+            findings: Vec::new(),
+        };
+        let step = Step::Save;
+        vec![
+            Record::Started {
+                plan: Box::new(plan),
+                hypervisor: hv.clone(),
+                boot_default: None,
+            },
+            Record::Observed {
+                uuid,
+                observation: Observation {
+                    addresses: vec![Address {
+                        ip: "192.0.2.7".parse().unwrap(),
+                        mac: None,
+                        sources: vec![Source::Config],
+                    }],
+                    disks: vec![DiskIdentity {
+                        vdev: "xvda".into(),
+                        path: Some("/dev/vg/web".into()),
+                        kind: DiskKind::Block,
+                        size: None,
+                        dev: Some(0xfd00),
+                        ino: None,
+                    }],
+                },
+            },
+            Record::Begin { uuid, step },
+            Record::Done {
+                uuid,
+                step,
+                image: Some("/var/lib/xenmaint/images/r/x.xl".into()),
+                domid: None,
+            },
+            Record::Failed {
+                uuid,
+                step,
+                error: "it \"failed\"\n".into(),
+            },
+            Record::Verified {
+                uuid,
+                verification: Verification {
+                    answered: vec!["192.0.2.7".parse().unwrap()],
+                    silent: Vec::new(),
+                    disks_changed: vec!["xvdb: gone".into()],
+                },
+            },
+            Record::Drained,
+            Record::Patched {
+                entry: "xen-new".into(),
+                fallback: Some("xenmaint-fallback-xen-4.17.5".into()),
+            },
+            Record::Rebooting {
+                expect_not_build_id: Some("abc".into()),
+                expect_release: None,
+                expect_build_id: Some("def".into()),
+            },
+            Record::Booted {
+                hypervisor: hv,
+                patch_took: true,
+            },
+            Record::Halted {
+                reason: "stopped".into(),
+            },
+            Record::Finished {
+                outcome: Outcome::Resumed,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_of_record_reads_back_as_written() {
+        for rec in every_kind() {
+            let text = serde_json::to_string(&rec).unwrap();
+            let back: Record = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, rec, "{text}");
+        }
+    }
+
+    /// What the derived reader took: the tag anywhere, unknown fields
+    /// ignored, optional fields missing; and what it refused.
+    #[test]
+    fn records_read_as_the_derived_reader_read_them() {
+        let read = |t: &str| serde_json::from_str::<Record>(t);
+        assert_eq!(
+            read(r#"{"expect_release":"4.17.7","type":"rebooting","later":[1]}"#).unwrap(),
+            Record::Rebooting {
+                expect_not_build_id: None,
+                expect_release: Some("4.17.7".into()),
+                expect_build_id: None,
+            }
+        );
+        assert_eq!(
+            read(r#"{"type":"done","uuid":"6f1c0a52-3b1e-4c55-9e0a-2d1f7a3b9c10","step":"restore","domid":9}"#)
+                .unwrap(),
+            Record::Done {
+                uuid: "6f1c0a52-3b1e-4c55-9e0a-2d1f7a3b9c10".parse().unwrap(),
+                step: Step::Restore,
+                image: None,
+                domid: Some(9),
+            }
+        );
+        let e = read(r#"{"type":"begin","step":"save"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `uuid`"), "{e}");
+        assert!(read(r#"{"type":"sideways"}"#).is_err());
+        assert!(read(r#"{"uuid":"6f1c0a52-3b1e-4c55-9e0a-2d1f7a3b9c10"}"#).is_err());
+        assert!(read(r#"{"type":"finished","outcome":"maybe"}"#).is_err());
     }
 }
