@@ -642,6 +642,41 @@ fn a_crash_at_any_journal_write_of_a_drain_loses_no_guest() {
     }
 }
 
+#[test]
+fn a_cut_between_a_saved_image_and_its_record_restores_from_the_image() {
+    // The save finished (image and manifest durable, guest destroyed), the
+    // host went down before the Done record: the guest's memory is in the
+    // image, and resume must restore it, not cold boot it.
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let crash = |w: &str| w.starts_with("before done Save");
+    let e = seq(&ts, &boot, t.path(), policy(t.path(), 1), &crash).drain();
+    assert!(matches!(e, Err(SeqError::Crashed(_))), "{e:?}");
+    let after = rebooted(&h, &boot);
+    let (_, done) = seq(&after, &boot, t.path(), policy(t.path(), 1), &never)
+        .resume()
+        .unwrap()
+        .unwrap();
+    assert_all_back(&after, &want, "after the cut");
+    let steps: Vec<_> = done
+        .guests
+        .values()
+        .map(|g| match g {
+            GuestState::Back { step, .. } => *step,
+            other => panic!("not back: {other:?}"),
+        })
+        .collect();
+    // The first guest was saved: restored. The others were never touched
+    // by the run and cold boot from their configs after the power cut.
+    assert!(
+        steps.contains(&xenmaint::sequencer::Step::Restore),
+        "the saved guest was not restored: {steps:?}"
+    );
+}
+
 /// A drain writes every guest's config under its own name (no temp name)
 /// before its journal exists: a crash then can leave one torn. Nothing may
 /// read it: the run is not `current` yet, so resume finds the last run as it

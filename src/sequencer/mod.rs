@@ -959,7 +959,19 @@ impl<'a> Sequencer<'a> {
                 .get(&g.uuid)
                 .cloned()
                 .unwrap_or(GuestState::Pending);
-            let image = state.images.get(&g.uuid).cloned();
+            let image = state.images.get(&g.uuid).cloned().or_else(|| {
+                // Cut between the save's manifest and its Done record: the
+                // image is where the drain writes it. A restore checks it
+                // against its manifest; without one it fails and the guest
+                // is cold booted, as it would have been.
+                matches!(st, GuestState::InStep { step: Step::Save }).then(|| {
+                    state
+                        .plan
+                        .image_dir
+                        .join(run_id(run))
+                        .join(format!("{}.xl", g.uuid))
+                })
+            });
             self.bring_back(run, g, &st, image)
         })?;
         // Then the checks, all guests at once: a probe costs nothing, and a
