@@ -29,7 +29,7 @@ impl HostFacts for Roomy {
     fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
         Ok(1 << 50)
     }
-    fn xendomains_conflict(&self) -> Option<String> {
+    fn xendomains_conflict(&self, _: bool) -> Option<String> {
         None
     }
     fn neighbours(&self) -> Vec<Neighbour> {

@@ -121,8 +121,9 @@ impl Default for Policy {
 pub trait HostFacts: Sync {
     /// Bytes free for images under `dir` (or its nearest existing parent).
     fn free_bytes(&self, dir: &Path) -> std::io::Result<u64>;
-    /// Why xendomains would act on the same guests at shutdown, if it would.
-    fn xendomains_conflict(&self) -> Option<String>;
+    /// Why xendomains would act on the same guests at shutdown, if it would;
+    /// `guests_left`: the drain leaves them suspended for the reboot.
+    fn xendomains_conflict(&self, guests_left: bool) -> Option<String>;
     /// Whether the network bridge `name` exists (at boot, resume waits for
     /// the bridges its guests use). A host without bridges to check says yes.
     fn bridge_present(&self, _name: &str) -> bool {
@@ -147,10 +148,11 @@ impl HostFacts for RealHost {
         Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
     }
 
-    fn xendomains_conflict(&self) -> Option<String> {
+    fn xendomains_conflict(&self, guests_left: bool) -> Option<String> {
         xendomains_conflict_in(
             &std::fs::read_to_string("/etc/default/xendomains").unwrap_or_default(),
             xendomains_enabled(Path::new("/")) || xendomains_active(),
+            guests_left,
         )
     }
 
@@ -211,9 +213,17 @@ fn xendomains_active() -> bool {
 
 /// xendomains saves every running guest at host shutdown when enabled and
 /// XENDOMAINS_SAVE is non-empty (Debian's default is /var/lib/xen/save).
-pub fn xendomains_conflict_in(defaults: &str, enabled: bool) -> Option<String> {
+pub fn xendomains_conflict_in(defaults: &str, enabled: bool, guests_left: bool) -> Option<String> {
     if !enabled {
         return None;
+    }
+    if guests_left {
+        // Its stop shuts down (or saves) every domain it finds, and waits for
+        // each: suspended ones never answer.
+        return Some(
+            "xendomains is enabled, and leave_suspended leaves the saved guests suspended              until the reboot: its stop at shutdown would wait on them (disable              xendomains.service, or set leave_suspended = false)"
+                .into(),
+        );
     }
     let save = defaults
         .lines()
@@ -408,7 +418,7 @@ pub fn plan(ts: &dyn Toolstack, policy: &Policy, host: &dyn HostFacts) -> Result
             ),
         });
     }
-    if let Some(why) = host.xendomains_conflict() {
+    if let Some(why) = host.xendomains_conflict(policy.leave_suspended) {
         findings.push(Finding {
             severity: Severity::Error,
             guest: None,
@@ -446,7 +456,7 @@ mod tests {
         fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
             Ok(self.free)
         }
-        fn xendomains_conflict(&self) -> Option<String> {
+        fn xendomains_conflict(&self, _: bool) -> Option<String> {
             self.xendomains.clone()
         }
         fn neighbours(&self) -> Vec<crate::address::Neighbour> {
@@ -533,7 +543,7 @@ mod tests {
     fn too_little_space_and_xendomains_block_the_run() {
         let facts = Facts {
             free: 10 << 20,
-            xendomains: xendomains_conflict_in("XENDOMAINS_SAVE=/var/lib/xen/save\n", true),
+            xendomains: xendomains_conflict_in("XENDOMAINS_SAVE=/var/lib/xen/save\n", true, false),
         };
         let p = plan(&example(), &Policy::default(), &facts).unwrap();
         assert!(p.blocked());
@@ -544,18 +554,23 @@ mod tests {
 
     #[test]
     fn xendomains_counts_only_when_enabled_and_saving() {
-        assert!(xendomains_conflict_in("", false).is_none());
+        assert!(xendomains_conflict_in("", false, false).is_none());
         assert!(
-            xendomains_conflict_in("", true).is_some(),
+            xendomains_conflict_in("", true, false).is_some(),
             "Debian's default saves"
         );
-        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\n", true).is_none());
-        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\"\"\n", true).is_none());
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\n", true, false).is_none());
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\"\"\n", true, false).is_none());
         assert!(
-            xendomains_conflict_in("#XENDOMAINS_SAVE=\nXENDOMAINS_SAVE=/srv\n", true)
+            xendomains_conflict_in("#XENDOMAINS_SAVE=\nXENDOMAINS_SAVE=/srv\n", true, false)
                 .unwrap()
                 .contains("/srv")
         );
+        // Guests left suspended: any enabled xendomains would wait on them.
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\n", true, true)
+            .unwrap()
+            .contains("leave_suspended"));
+        assert!(xendomains_conflict_in("XENDOMAINS_SAVE=\n", false, true).is_none());
     }
 
     #[test]

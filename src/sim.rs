@@ -657,7 +657,7 @@ impl crate::plan::HostFacts for SimFacts<'_> {
         crate::plan::RealHost.free_bytes(dir)
     }
 
-    fn xendomains_conflict(&self) -> Option<String> {
+    fn xendomains_conflict(&self, _: bool) -> Option<String> {
         None
     }
 

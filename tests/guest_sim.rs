@@ -150,6 +150,27 @@ fn a_guest_left_suspended_stays_as_it_stopped_until_resumed() {
 }
 
 #[test]
+fn a_guest_with_a_qemu_served_disk_is_destroyed_rather_than_left_suspended() {
+    // qemu's cache in dom0 is written out only by its orderly close.
+    let t = tempfile::tempdir().unwrap();
+    let mut h = common::example_host(t.path());
+    let d = h
+        .domains
+        .iter_mut()
+        .find(|d| d.detail.info.name == "db-1")
+        .unwrap();
+    d.detail.disks[0].backend = "qdisk".into();
+    let ts = Sim::new(h).unwrap();
+    let opts = SaveOptions {
+        then: AfterSave::LeaveSuspended,
+        ..save_opts(t.path())
+    };
+    let r = guest::save(&ts, &name("db-1"), &opts, &no_progress()).unwrap();
+    assert_eq!(r.then, AfterSave::Destroy);
+    assert!(ts.resolve(&name("db-1")).is_err(), "destroyed");
+}
+
+#[test]
 fn a_failed_save_resumes_the_guest_and_leaves_no_image() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());

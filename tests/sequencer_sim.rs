@@ -39,7 +39,7 @@ impl HostFacts for Probed {
     fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
         Ok(1 << 40)
     }
-    fn xendomains_conflict(&self) -> Option<String> {
+    fn xendomains_conflict(&self, _: bool) -> Option<String> {
         None
     }
     fn neighbours(&self) -> Vec<Neighbour> {
@@ -674,6 +674,107 @@ fn a_cut_between_a_saved_image_and_its_record_restores_from_the_image() {
     assert!(
         steps.contains(&xenmaint::sequencer::Step::Restore),
         "the saved guest was not restored: {steps:?}"
+    );
+    // Its Done record was written then: the image counts as the run's.
+    assert_eq!(done.images.len(), 1, "{:?}", done.images);
+}
+
+#[test]
+fn a_cut_save_without_its_manifest_is_not_restored() {
+    // Cut before the manifest: the image may be whole, but nothing says so.
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let crash = |w: &str| w.starts_with("before done Save");
+    let e = seq(&ts, &boot, t.path(), policy(t.path(), 1), &crash).drain();
+    assert!(matches!(e, Err(SeqError::Crashed(_))), "{e:?}");
+    let images = t.path().join("state/images");
+    let mut manifests = 0;
+    for run in std::fs::read_dir(&images).unwrap() {
+        for f in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.to_string_lossy().ends_with(".manifest.json") {
+                std::fs::remove_file(f).unwrap();
+                manifests += 1;
+            }
+        }
+    }
+    assert_eq!(manifests, 1);
+    let after = rebooted(&h, &boot);
+    let (_, done) = seq(&after, &boot, t.path(), policy(t.path(), 1), &never)
+        .resume()
+        .unwrap()
+        .unwrap();
+    assert_all_back(&after, &want, "after the cut");
+    assert!(
+        done.guests.values().all(|g| matches!(
+            g,
+            GuestState::Back {
+                step: xenmaint::sequencer::Step::ColdBoot,
+                ..
+            }
+        )),
+        "{:?}",
+        done.guests
+    );
+}
+
+#[test]
+fn a_guest_that_was_back_is_never_restored_from_its_old_image_again() {
+    // Resume brings one guest back and not another; the first is then shut
+    // down by its owner (it has run, its disk moved on). A second resume,
+    // once the other can come back, must not restore the first from the
+    // drain's image over its newer disk: it cold boots it.
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    let (_, drained) = s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    // One guest's image gone, and cold boots failing: that guest stays down.
+    let (lost, _) = drained
+        .images
+        .iter()
+        .next()
+        .map(|(u, p)| (*u, std::fs::remove_file(p).unwrap()))
+        .unwrap();
+    after.inject(Fault {
+        call: Call::Create,
+        domid: None,
+        message: "no memory".into(),
+    });
+    let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
+    let e = s2.resume();
+    assert!(matches!(e, Err(SeqError::Incomplete(1))), "{e:?}");
+    let (_, first) = s2.state().unwrap().unwrap();
+    assert_eq!(first.outcome, Some(Outcome::Incomplete));
+    let (back, domid) = first
+        .guests
+        .iter()
+        .find_map(|(u, g)| match g {
+            GuestState::Back { domid, .. } if *u != lost => Some((*u, *domid)),
+            _ => None,
+        })
+        .expect("some guest came back");
+    after.destroy(domid).unwrap();
+    after.clear_faults();
+    let (_, second) = s2.resume().unwrap().unwrap();
+    assert_all_back(&after, &want, "after the second resume");
+    assert!(
+        matches!(
+            second.guests[&back],
+            GuestState::Back {
+                step: xenmaint::sequencer::Step::ColdBoot,
+                ..
+            }
+        ),
+        "{:?}",
+        second.guests[&back]
     );
 }
 

@@ -374,7 +374,20 @@ pub fn save(
     };
 
     // The image is durable and verified: only now may the guest go.
-    match opts.then {
+    let then = match opts.then {
+        // A disk served by qemu in dom0 has a cache only qemu's orderly
+        // close writes out: such a guest is torn down now, as xl does, not
+        // left to dom0's shutdown.
+        AfterSave::LeaveSuspended if detail.disks.iter().any(|d| d.backend == "qdisk") => {
+            log::info!(
+                "{}: a disk is served by qemu in dom0: destroyed, not left suspended",
+                info.name
+            );
+            AfterSave::Destroy
+        }
+        then => then,
+    };
+    match then {
         AfterSave::Resume => {
             ts.resume(info.domid)?;
             steps.done("resumed the guest");
@@ -393,8 +406,8 @@ pub fn save(
         image,
         size: manifest.size,
         checksum: manifest.checksum,
-        kept_running: opts.then == AfterSave::Resume,
-        then: opts.then,
+        kept_running: then == AfterSave::Resume,
+        then,
         read_back: opts.read_back,
         timings: manifest.timings,
     })

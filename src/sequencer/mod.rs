@@ -21,7 +21,7 @@ pub use record::{
 
 use crate::address;
 use crate::hooks;
-use crate::image::DiskIdentity;
+use crate::image::{DiskIdentity, Manifest};
 
 use crate::boot::{BootError, BootLoader};
 use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
@@ -959,20 +959,8 @@ impl<'a> Sequencer<'a> {
                 .get(&g.uuid)
                 .cloned()
                 .unwrap_or(GuestState::Pending);
-            let image = state.images.get(&g.uuid).cloned().or_else(|| {
-                // Cut between the save's manifest and its Done record: the
-                // image is where the drain writes it. A restore checks it
-                // against its manifest; without one it fails and the guest
-                // is cold booted, as it would have been.
-                matches!(st, GuestState::InStep { step: Step::Save }).then(|| {
-                    state
-                        .plan
-                        .image_dir
-                        .join(run_id(run))
-                        .join(format!("{}.xl", g.uuid))
-                })
-            });
-            self.bring_back(run, g, &st, image)
+            let image = state.images.get(&g.uuid).cloned();
+            self.bring_back(run, g, &st, image, &state.plan.image_dir)
         })?;
         // Then the checks, all guests at once: a probe costs nothing, and a
         // guest still booting must not hold up another's restore. A check
@@ -1009,12 +997,29 @@ impl<'a> Sequencer<'a> {
         g: &PlannedGuest,
         st: &GuestState,
         image: Option<PathBuf>,
+        image_dir: &Path,
     ) -> Result<bool> {
         if g.action == Action::Skip {
             return Ok(true);
         }
+        let found = self.find(g.uuid)?;
+        let mut image = image;
+        if let GuestState::Back { .. } = st {
+            // Back once: it has run, and written to its disk, since its
+            // image was taken, so that image must never be restored again.
+            // Whoever has it now (paused, shut down, saved) keeps it; gone
+            // (a power cut since, or stopped), it can only be cold booted.
+            if found.is_some() {
+                return Ok(true);
+            }
+            log::warn!(
+                "{}: was back, and is gone: cold booting it (its image is older than its disk)",
+                g.name
+            );
+            image = None;
+        }
         // What is really there decides, whatever the journal last said.
-        match self.find(g.uuid)? {
+        match found {
             Some(d) if matches!(d.state, DomainState::Running | DomainState::Blocked) => {
                 let how = match st {
                     GuestState::Back { .. } => return Ok(true),
@@ -1039,6 +1044,9 @@ impl<'a> Sequencer<'a> {
             // shut down: start again from the image or the config.
             Some(d) => self.ts.destroy(d.domid)?,
             None => {}
+        }
+        if image.is_none() && matches!(st, GuestState::InStep { step: Step::Save }) {
+            image = self.finish_cut_save(run, g, image_dir)?;
         }
         // No separate verification first: the restore checks the image as it
         // streams it (structure, then checksum before the guest is unpaused),
@@ -1098,6 +1106,40 @@ impl<'a> Sequencer<'a> {
                 Ok(false)
             }
         }
+    }
+
+    /// A save the run was in when it was cut off, its guest gone: if the
+    /// save got as far as its manifest (written after the image was synced
+    /// and published, before the guest was destroyed), the image holds the
+    /// guest, and its Done record is written now, so that the image counts
+    /// as the run's (restored from again after another cut, deleted with
+    /// the run's images). Without that manifest the save never finished.
+    fn finish_cut_save(
+        &self,
+        run: &Run,
+        g: &PlannedGuest,
+        image_dir: &Path,
+    ) -> Result<Option<PathBuf>> {
+        let path = image_dir.join(run_id(run)).join(format!("{}.xl", g.uuid));
+        match Manifest::load_for(&path) {
+            Ok(Some(m)) if m.uuid == g.uuid && path.is_file() => {}
+            _ => return Ok(None),
+        }
+        log::warn!(
+            "{}: the run was cut off after its save finished: restoring from {}",
+            g.name,
+            path.display()
+        );
+        self.record(
+            run,
+            Record::Done {
+                uuid: g.uuid,
+                step: Step::Save,
+                image: Some(path.clone()),
+                domid: None,
+            },
+        )?;
+        Ok(Some(path))
     }
 
     fn cold_boot(&self, run: &Run, uuid: Uuid) -> std::result::Result<DomId, OpError> {
