@@ -210,17 +210,24 @@ impl Serialize for Mac {
 
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = Mac;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Mac, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_str(Text)
+        d.deserialize_str(Parsed(std::marker::PhantomData))
+    }
+}
+
+/// Reads a value through its `FromStr` from the string serde holds, with
+/// no `String` in between (MACs and UUIDs are read by the thousand).
+struct Parsed<T>(std::marker::PhantomData<T>);
+
+impl<T: FromStr> serde::de::Visitor<'_> for Parsed<T>
+where
+    T::Err: fmt::Display,
+{
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+        s.parse().map_err(E::custom)
     }
 }
 
@@ -271,17 +278,7 @@ impl Serialize for Uuid {
 
 impl<'de> Deserialize<'de> for Uuid {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = Uuid;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Uuid, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_str(Text)
+        d.deserialize_str(Parsed(std::marker::PhantomData))
     }
 }
 

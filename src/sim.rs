@@ -415,26 +415,6 @@ fn find(host: &mut SimHost, domid: DomId) -> Result<&mut SimDomain> {
 /// SIM_PAGES, so that it comes in one read, and the end in a second.
 const SIM_READ: usize = 16 << 10;
 
-/// The whole stream to its end. Not `read_to_end`: it starts with small
-/// probing reads, a dozen for each of thousands of simulated restores.
-fn read_stream(input: &mut dyn RestoreSource) -> std::io::Result<Vec<u8>> {
-    let mut stream = vec![0; SIM_READ];
-    let mut len = 0;
-    loop {
-        if len == stream.len() {
-            stream.resize(2 * len, 0);
-        }
-        match input.read(&mut stream[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    stream.truncate(len);
-    Ok(stream)
-}
-
 /// A domain's detail without its config.
 fn devices(d: &DomainDetail) -> DomainDetail {
     DomainDetail {
@@ -575,7 +555,7 @@ impl Toolstack for Sim {
 
     fn restore(&self, config: serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId> {
         self.with(Call::Restore, None, |h| {
-            let stream = read_stream(input)
+            let stream = crate::image::read_whole(input, SIM_READ)
                 .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
             let mut scanner = StreamScanner::new();
             scanner

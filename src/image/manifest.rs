@@ -1,7 +1,6 @@
 //! `<image>.manifest.json`: what xenmaint knows about an image beyond xl's
 //! format: its checksum, the guest and host it came from, and timings.
 
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -165,21 +164,7 @@ pub fn manifest_path(image: &Path) -> PathBuf {
 /// `statx` (and `lseek`) it asks for the size first: a manifest, a KiB or
 /// two, is read for every restore.
 fn read_small(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0; 4 << 10];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(2 * len, 0);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
+    let buf = super::read_whole(&mut std::fs::File::open(path)?, 4 << 10)?;
     String::from_utf8(buf)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }

@@ -17,6 +17,28 @@ pub use manifest::{
 };
 pub use stream::{synth, GuestKind, StreamScanner, StreamSummary};
 
+/// Everything `from` holds, read into a buffer of `first` bytes that
+/// doubles as needed. Not `read_to_end`, which probes with small reads
+/// first and asks a file for its size: a dozen calls where one will do for
+/// what is read thousands of times (manifests, simulated streams).
+pub fn read_whole(from: &mut dyn Read, first: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0; first.max(1)];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+        match from.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// Why an image cannot be used. One message each.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
