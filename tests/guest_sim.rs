@@ -10,7 +10,7 @@ use xenmaint::domain::{DomainRef, DomainState, ShutdownReason};
 use xenmaint::guest::{
     self, AfterSave, OpError, PowerOptions, Recovery, RestoreOptions, SaveOptions,
 };
-use xenmaint::image::{manifest_path, ImageError};
+use xenmaint::image::{manifest_path, Checksum, ImageError};
 use xenmaint::sim::{Fault, Sim};
 use xenmaint::toolstack::{Call, Request, Toolstack};
 
@@ -344,6 +344,52 @@ fn a_restore_that_libxl_rejects_is_blamed_on_the_corrupt_image() {
         matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
         "{e}"
     );
+    assert_eq!(state(&ts, "web-1"), None);
+}
+
+/// Sets the checksum a manifest records.
+fn record_checksum(image: &Path, checksum: &str) {
+    let path = manifest_path(image);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["checksum"] = checksum.into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn an_image_is_checked_with_the_checksum_kind_its_manifest_names() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let (image, bytes) = saved_image(&ts, t.path());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest_path(&image)).unwrap()).unwrap();
+    assert!(manifest["checksum"].as_str().unwrap().starts_with("xxh64:"));
+
+    // As xenmaint wrote manifests before xxh64: still verified, and restored.
+    let mut old = Checksum::like("xxh3-128:").unwrap();
+    old.update(&bytes);
+    record_checksum(&image, &old.finish());
+    assert_eq!(guest::verify(&image).unwrap().checksum, old.finish());
+    assert!(restore(&ts, &image, true).unwrap().checksum_verified);
+    ts.destroy(ts.resolve(&name("web-1")).unwrap().domid)
+        .unwrap();
+
+    // The right kind, a wrong value: refused (the check is not skipped).
+    record_checksum(&image, &format!("xxh3-128:{:032x}", 1));
+    let e = restore(&ts, &image, false).unwrap_err();
+    assert!(
+        matches!(e, OpError::Image(ImageError::ChecksumMismatch { .. })),
+        "{e}"
+    );
+    assert_eq!(state(&ts, "web-1"), None);
+
+    // A kind this xenmaint does not know: refused before anything is created.
+    record_checksum(&image, "sha256:00");
+    let e = restore(&ts, &image, false).unwrap_err();
+    assert!(
+        matches!(e, OpError::Image(ImageError::UnknownChecksum(_))),
+        "{e}"
+    );
+    assert!(guest::verify(&image).is_err());
     assert_eq!(state(&ts, "web-1"), None);
 }
 

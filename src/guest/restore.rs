@@ -155,8 +155,9 @@ fn restore_once(
         Some(m) => m.size,
         None => file.metadata().map(|m| m.len()).unwrap_or(0),
     };
+    let sum = Checksum::for_manifest(manifest.as_ref())?;
     // Unbuffered: libxl must get the stream from exactly where the header ends.
-    let mut reader = Hashing::new(file);
+    let mut reader = Hashing::new(file, sum);
     let header = XlHeader::read_from(&mut reader)?;
     let config = header.config_json()?;
     let name = config["c_info"]["name"]
@@ -297,7 +298,7 @@ pub struct VerifyReport {
 /// Reads an image end to end and checks it against its manifest, if any.
 pub fn verify(image: &Path) -> Result<VerifyReport, OpError> {
     let manifest = Manifest::load_for(image)?;
-    let v = image::verify_file(image)?;
+    let v = image::verify_file(image, Checksum::for_manifest(manifest.as_ref())?)?;
     if let Some(m) = &manifest {
         if m.checksum != v.checksum {
             return Err(ImageError::ChecksumMismatch {
@@ -338,7 +339,7 @@ mod tests {
     /// Also returns the bytes read with O_DIRECT.
     fn read_in_blocks(path: &Path) -> (std::io::Result<u64>, Option<Scanned>, u64) {
         let no_progress = |_: Progress| {};
-        let mut reader = Hashing::new(File::open(path).unwrap());
+        let mut reader = Hashing::new(File::open(path).unwrap(), Checksum::new());
         XlHeader::read_from(&mut reader).unwrap();
         let mut source = Source::after_header(reader, 0, &no_progress);
         let mut buf = AlignedBuf::new((1 << 20) + 4096);
@@ -366,7 +367,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         for pages in [0, 1, 300, 1000] {
             let path = image(t.path(), pages);
-            let whole = image::verify_reader(File::open(&path).unwrap()).unwrap();
+            let whole = image::verify_reader(File::open(&path).unwrap(), Checksum::new()).unwrap();
             let (fed, outcome, direct) = read_in_blocks(&path);
             assert_eq!(fed.unwrap(), whole.size, "{pages} pages");
             if pages == 1000 && direct_taken(&path) {

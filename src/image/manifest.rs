@@ -21,7 +21,8 @@ pub struct Manifest {
     /// The image's file name (the manifest sits beside it).
     pub image: String,
     pub size: u64,
-    /// "xxh3-128:<hex>" of the whole image file.
+    /// "<kind>:<hex>" of the whole image file (`Checksum`: xxh64, or
+    /// xxh3-128 from xenmaint before 2026-11-24).
     pub checksum: String,
     /// The hypervisor the guest was saved on.
     pub saved_on: SavedOn,
