@@ -329,6 +329,37 @@ pub struct Disk {
     pub backend_domid: DomId,
 }
 
+/// The nics a domain's configuration (as libxl keeps and retrieves it, with
+/// the devices merged in from xenstore) describes; None when one has no
+/// valid MAC, for the caller to ask the device list instead.
+pub fn nics_from_config(config: &serde_json::Value) -> Option<Vec<Nic>> {
+    let configured = config["nics"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    configured
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let text = |key: &str| n[key].as_str().map(str::to_owned);
+            Some(Nic {
+                devid: n["devid"]
+                    .as_i64()
+                    .and_then(|d| i32::try_from(d).ok())
+                    .unwrap_or(i32::try_from(i).ok()?),
+                mac: n["mac"].as_str()?.parse().ok()?,
+                bridge: text("bridge"),
+                ip: text("ip"),
+                script: text("script"),
+                backend_domid: n["backend_domid"]
+                    .as_u64()
+                    .and_then(|d| DomId::try_from(d).ok())
+                    .unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 /// libxl's device list reads a disk's backend, which does not record its
 /// format ("unknown"); the domain's stored config does. Fills it in by vdev.
 pub fn formats_from_config(disks: &mut [Disk], config: &serde_json::Value) {
@@ -396,6 +427,40 @@ pub struct PhysInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nics_come_from_the_retrieved_config() {
+        // As `xl list -l` printed g1's on the nested host (libxl's retrieved config).
+        let config: serde_json::Value = serde_json::from_str(
+            r#"{"nics": [{"devid": 0, "mac": "00:16:3e:58:4d:21", "ip": "10.0.2.21",
+                "bridge": "xenbr0", "nictype": "vif"},
+               {"mac": "00:16:3e:00:00:02", "script": "vif-custom", "backend_domid": 3}]}"#,
+        )
+        .unwrap();
+        let nics = nics_from_config(&config).unwrap();
+        assert_eq!(nics.len(), 2);
+        assert_eq!(nics[0].devid, 0);
+        assert_eq!(nics[0].mac.to_string(), "00:16:3e:58:4d:21");
+        assert_eq!(nics[0].ip.as_deref(), Some("10.0.2.21"));
+        assert_eq!(nics[0].bridge.as_deref(), Some("xenbr0"));
+        assert_eq!(
+            (nics[0].script.as_deref(), nics[0].backend_domid),
+            (None, 0)
+        );
+        // No devid: its place in the list, as libxl numbers them.
+        assert_eq!(nics[1].devid, 1);
+        assert_eq!(nics[1].script.as_deref(), Some("vif-custom"));
+        assert_eq!(nics[1].backend_domid, 3);
+        // No nics at all: none, not a reason to ask again.
+        assert_eq!(nics_from_config(&serde_json::json!({})), Some(Vec::new()));
+        // A nic without a usable MAC: the caller lists the devices instead.
+        for nic in [
+            serde_json::json!({"devid": 0}),
+            serde_json::json!({"mac": "zz"}),
+        ] {
+            assert_eq!(nics_from_config(&serde_json::json!({"nics": [nic]})), None);
+        }
+    }
 
     #[test]
     fn an_unknown_disk_format_comes_from_the_stored_config() {

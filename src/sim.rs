@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::boot::{BootEntry, MemoryBoot};
 use crate::domain::{
     Disk, DomId, DomainDetail, DomainInfo, DomainRef, DomainState, DomainType, HypervisorVersion,
-    Mac, Nic, PhysInfo, ShutdownReason, Uuid,
+    PhysInfo, ShutdownReason, Uuid,
 };
 use crate::image::{synth, StreamScanner};
 use crate::toolstack::{Call, Request, RestoreSource, Result, SaveSink, Toolstack, ToolstackError};
@@ -337,26 +337,8 @@ impl Sim {
         let domid = host.domains.back().map_or(0, |d| d.detail.info.domid) + 1;
         let b_info = &config["b_info"];
         let memory_kib = b_info["target_memkb"].as_u64().unwrap_or(0);
-        let nics = config["nics"]
-            .as_array()
-            .map(|v| v.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                Ok(Nic {
-                    devid: n["devid"].as_i64().unwrap_or(i as i64) as i32,
-                    mac: n["mac"]
-                        .as_str()
-                        .and_then(|m| m.parse::<Mac>().ok())
-                        .ok_or_else(|| bad("nic without a valid mac"))?,
-                    bridge: n["bridge"].as_str().map(str::to_owned),
-                    ip: n["ip"].as_str().map(str::to_owned),
-                    script: n["script"].as_str().map(str::to_owned),
-                    backend_domid: 0,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let nics = crate::domain::nics_from_config(&config)
+            .ok_or_else(|| bad("nic without a valid mac"))?;
         let disks = config["disks"]
             .as_array()
             .map(|v| v.as_slice())

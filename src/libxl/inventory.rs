@@ -239,9 +239,16 @@ impl Toolstack for Libxl {
         if let Some(config) = &config {
             crate::domain::formats_from_config(&mut disks, config);
         }
+        // The retrieved config holds the nics as libxl merged them in from
+        // xenstore; listing them again took 0.1 s a domain on the nested
+        // host (the disk list, 0.02 s, stays: it has the live backend).
+        let nics = config
+            .as_ref()
+            .and_then(crate::domain::nics_from_config)
+            .unwrap_or_else(|| self.nics(domid));
         Ok(DomainDetail {
             info,
-            nics: self.nics(domid),
+            nics,
             disks,
             config,
         })
