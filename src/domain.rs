@@ -343,10 +343,8 @@ pub fn nics_from_config(config: &serde_json::Value) -> Option<Vec<Nic>> {
         .map(|(i, n)| {
             let text = |key: &str| n[key].as_str().map(str::to_owned);
             Some(Nic {
-                devid: n["devid"]
-                    .as_i64()
-                    .and_then(|d| i32::try_from(d).ok())
-                    .unwrap_or(i32::try_from(i).ok()?),
+                // No devid: its place in the list, as libxl numbers them.
+                devid: i32::try_from(n["devid"].as_i64().unwrap_or(i as i64)).ok()?,
                 mac: n["mac"].as_str()?.parse().ok()?,
                 bridge: text("bridge"),
                 ip: text("ip"),
