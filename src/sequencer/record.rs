@@ -498,6 +498,11 @@ impl RunState {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::address::{Address, Source};
+    use crate::domain::PhysInfo;
+    use crate::image::DiskKind;
+    use crate::plan::PlannedGuest;
 
     #[test]
     fn a_replayed_plan_holds_the_same_floats() {
@@ -510,12 +515,6 @@ mod tests {
             assert_eq!(back.to_bits(), x.to_bits(), "{x}");
         }
     }
-    use super::*;
-    use crate::address::{Address, Source};
-    use crate::domain::PhysInfo;
-    use crate::image::DiskKind;
-    use crate::plan::PlannedGuest;
-
     fn every_kind() -> Vec<Record> {
         let uuid: Uuid = "6f1c0a52-3b1e-4c55-9e0a-2d1f7a3b9c10".parse().unwrap();
         let hv = Hypervisor {
