@@ -217,10 +217,14 @@ impl StreamScanner {
                     self.pending.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if self.pending.len() == self.fixed_len() {
-                        let fixed = std::mem::take(&mut self.pending);
+                        // Taken out to parse, then put back emptied: one
+                        // buffer for every header of the stream.
+                        let mut fixed = std::mem::take(&mut self.pending);
                         // Offsets in errors point at the start of the item.
                         self.parse_fixed(&fixed)?;
                         self.advance(fixed.len());
+                        fixed.clear();
+                        self.pending = fixed;
                     }
                 }
             }
@@ -442,7 +446,8 @@ pub mod synth {
 
     /// The stream, and where each pass over memory starts in it.
     fn build(passes: &[usize], tag: &[u8]) -> (Vec<u8>, Vec<usize>) {
-        let mut s = Vec::new();
+        let pages: usize = passes.iter().sum();
+        let mut s = Vec::with_capacity(256 + pages * (8 + 16 + 4096));
         s.extend_from_slice(&super::LIBXL_IDENT.to_be_bytes());
         s.extend_from_slice(&2u32.to_be_bytes());
         s.extend_from_slice(&0u32.to_be_bytes());
@@ -461,17 +466,19 @@ pub mod synth {
         for &pages in passes {
             starts.push(s.len());
             for p in 0..pages {
-                let mut body = Vec::new();
-                body.extend_from_slice(&1u32.to_ne_bytes());
-                body.extend_from_slice(&0u32.to_ne_bytes());
-                body.extend_from_slice(&(p as u64).to_ne_bytes());
-                let mut page = vec![(p % 251) as u8; 4096];
+                // A PAGE_DATA record of one page, written in place (the
+                // simulator builds one per save: no page-sized temporaries).
+                s.extend_from_slice(&1u32.to_ne_bytes());
+                s.extend_from_slice(&((8 + 8 + 4096) as u32).to_ne_bytes());
+                s.extend_from_slice(&1u32.to_ne_bytes());
+                s.extend_from_slice(&0u32.to_ne_bytes());
+                s.extend_from_slice(&(p as u64).to_ne_bytes());
+                let page = s.len();
+                s.resize(page + 4096, (p % 251) as u8);
                 if p == 0 {
                     let n = tag.len().min(4096);
-                    page[..n].copy_from_slice(&tag[..n]);
+                    s[page..page + n].copy_from_slice(&tag[..n]);
                 }
-                body.extend_from_slice(&page);
-                rec(&mut s, 1, &body);
             }
         }
         rec(&mut s, 0x8000_0042, &[1, 2, 3]); // optional, unknown: skipped
