@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -130,13 +130,9 @@ impl SimHost {
         self.index_domain(self.domains.len() - 1);
     }
 
-    fn remove(&mut self, domid: DomId) {
-        let Some(at) = self.position(domid) else {
-            return;
-        };
-        let Some(d) = self.domains.remove(at) else {
-            return;
-        };
+    /// Takes a domain off the host, and gives it back.
+    fn remove(&mut self, domid: DomId) -> Option<SimDomain> {
+        let d = self.domains.remove(self.position(domid)?)?;
         self.index.by_uuid.remove(&d.detail.info.uuid);
         self.index.by_name.remove(&d.detail.info.name);
         for ip in Self::addresses(&d) {
@@ -144,6 +140,7 @@ impl SimHost {
                 ids.retain(|&i| i != domid);
             }
         }
+        Some(d)
     }
 
     fn info_of(&self, domid: Option<&DomId>) -> Option<DomainInfo> {
@@ -194,7 +191,9 @@ const SIM_PAGES: usize = 2;
 /// give the same answers, in domid order.
 #[derive(Debug)]
 pub struct Sim {
-    host: Mutex<SimHost>,
+    /// Read-write: the calls that only look (most of them) do not wait for
+    /// each other, as a drain's lanes look up their guests at once.
+    host: RwLock<SimHost>,
 }
 
 impl Sim {
@@ -240,14 +239,14 @@ impl Sim {
         }
         host.reindex();
         Ok(Sim {
-            host: Mutex::new(host),
+            host: RwLock::new(host),
         })
     }
 
     /// Each guest suspended by a save, in order, with how many live saves
     /// had begun by then.
     pub fn suspends(&self) -> Vec<(DomId, usize)> {
-        self.lock().saves.suspends.clone()
+        self.read().saves.suspends.clone()
     }
 
     /// Makes `call` fail from now on (for `domid` only, if given).
@@ -263,7 +262,7 @@ impl Sim {
     /// A boot loader holding this host's entries, the first one the default.
     pub fn boot_loader(&self) -> MemoryBoot {
         let boot = MemoryBoot::default();
-        let entries = self.lock().boot_entries.clone();
+        let entries = self.read().boot_entries.clone();
         {
             let mut s = boot.state.lock().unwrap_or_else(|p| p.into_inner());
             s.saved_entry = entries.first().map(|e| e.id.clone());
@@ -282,13 +281,17 @@ impl Sim {
 
     /// The host as it is now, in its JSON shape.
     pub fn snapshot(&self) -> SimHost {
-        self.lock().clone()
+        self.read().clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, SimHost> {
-        // A panic elsewhere cannot leave SimHost half-updated in a way that
-        // matters to a simulation; keep going.
-        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic elsewhere cannot leave SimHost half-updated in a way that
+    // matters to a simulation; keep going.
+    fn lock(&self) -> RwLockWriteGuard<'_, SimHost> {
+        self.host.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, SimHost> {
+        self.host.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fails if a fault is injected for this call, then runs `f` on the host.
@@ -299,22 +302,64 @@ impl Sim {
         f: impl FnOnce(&mut SimHost) -> Result<T>,
     ) -> Result<T> {
         let mut host = self.lock();
-        if let Some(fault) = host
+        Self::injected(&host, call, domid)?;
+        f(&mut host)
+    }
+
+    /// `with` for a call that only looks at the host.
+    fn looking<T>(
+        &self,
+        call: Call,
+        domid: Option<DomId>,
+        f: impl FnOnce(&SimHost) -> Result<T>,
+    ) -> Result<T> {
+        let host = self.read();
+        Self::injected(&host, call, domid)?;
+        f(&host)
+    }
+
+    /// The fault injected for this call, if any.
+    fn injected(host: &SimHost, call: Call, domid: Option<DomId>) -> Result<()> {
+        match host
             .faults
             .iter()
             .find(|f| f.call == call && (f.domid.is_none() || f.domid == domid))
         {
-            return Err(ToolstackError::Injected {
+            Some(fault) => Err(ToolstackError::Injected {
                 call,
                 message: fault.message.clone(),
-            });
+            }),
+            None => Ok(()),
         }
-        f(&mut host)
     }
 
     /// Builds a domain from a libxl config, as libxl_domain_create_* would,
     /// left paused. Keeps the config (no copy of it).
     fn add_from_config(host: &mut SimHost, config: serde_json::Value) -> Result<DomId> {
+        Sim::add(host, Sim::domain_from_config(config)?)
+    }
+
+    /// Adds a domain (its domid the next free one); refused, as libxl
+    /// does, when its name or UUID is taken.
+    fn add(host: &mut SimHost, mut d: SimDomain) -> Result<DomId> {
+        let info = &mut d.detail.info;
+        if host.index.by_name.contains_key(&info.name)
+            || host.index.by_uuid.contains_key(&info.uuid)
+        {
+            return Err(ToolstackError::Libxl {
+                call: "libxl_domain_create",
+                code: xenlight_sys::ERROR_INVAL,
+            });
+        }
+        info.domid = host.domains.back().map_or(0, |d| d.detail.info.domid) + 1;
+        let domid = info.domid;
+        host.push(d);
+        Ok(domid)
+    }
+
+    /// A paused domain as libxl would build it from this config, not yet
+    /// on the host (no domid): built without the host's lock.
+    fn domain_from_config(config: serde_json::Value) -> Result<SimDomain> {
         let bad = |detail: &str| ToolstackError::BadJson {
             call: "libxl_domain_config_from_json",
             detail: detail.to_owned(),
@@ -327,14 +372,6 @@ impl Sim {
             .as_str()
             .and_then(|u| u.parse().ok())
             .ok_or_else(|| bad("no valid c_info.uuid"))?;
-        if host.index.by_name.contains_key(name) || host.index.by_uuid.contains_key(&uuid) {
-            // libxl refuses a second domain with the same name or UUID.
-            return Err(ToolstackError::Libxl {
-                call: "libxl_domain_create",
-                code: xenlight_sys::ERROR_INVAL,
-            });
-        }
-        let domid = host.domains.back().map_or(0, |d| d.detail.info.domid) + 1;
         let b_info = &config["b_info"];
         let memory_kib = b_info["target_memkb"].as_u64().unwrap_or(0);
         let nics = crate::domain::nics_from_config(&config)
@@ -361,7 +398,7 @@ impl Sim {
             _ => DomainType::Unknown,
         };
         let info = DomainInfo {
-            domid,
+            domid: 0,
             name: name.to_owned(),
             uuid,
             state: DomainState::Paused,
@@ -371,7 +408,7 @@ impl Sim {
             vcpus: b_info["max_vcpus"].as_u64().unwrap_or(1) as u32,
             shutdown_reason: None,
         };
-        host.push(SimDomain {
+        Ok(SimDomain {
             detail: DomainDetail {
                 info,
                 nics,
@@ -381,16 +418,22 @@ impl Sim {
             ignores_shutdown: false,
             xl_daemon: false,
             published: Vec::new(),
-        });
-        Ok(domid)
+        })
     }
 }
 
 fn find(host: &mut SimHost, domid: DomId) -> Result<&mut SimDomain> {
-    let at = host
-        .position(domid)
-        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))?;
+    let at = position(host, domid)?;
     Ok(&mut host.domains[at])
+}
+
+fn get(host: &SimHost, domid: DomId) -> Result<&SimDomain> {
+    Ok(&host.domains[position(host, domid)?])
+}
+
+fn position(host: &SimHost, domid: DomId) -> Result<usize> {
+    host.position(domid)
+        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
 }
 
 /// Bytes a simulated stream's first read asks for: more than a stream of
@@ -422,19 +465,19 @@ impl Toolstack for Sim {
     }
 
     fn list_domains(&self) -> Result<Vec<DomainInfo>> {
-        self.with(Call::ListDomains, None, |h| {
+        self.looking(Call::ListDomains, None, |h| {
             Ok(h.domains.iter().map(|d| d.detail.info.clone()).collect())
         })
     }
 
     fn find_uuid(&self, uuid: Uuid) -> Result<Option<DomainInfo>> {
-        self.with(Call::ListDomains, None, |h| {
+        self.looking(Call::ListDomains, None, |h| {
             Ok(h.info_of(h.index.by_uuid.get(&uuid)))
         })
     }
 
     fn resolve(&self, r: &DomainRef) -> Result<DomainInfo> {
-        self.with(Call::ListDomains, None, |h| {
+        self.looking(Call::ListDomains, None, |h| {
             let found = match r {
                 DomainRef::Id(id) => h.info_of(Some(id)),
                 DomainRef::Name(n) => h.info_of(h.index.by_name.get(n)),
@@ -444,38 +487,38 @@ impl Toolstack for Sim {
     }
 
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail> {
-        self.with(Call::DomainDetail, Some(domid), |h| {
-            Ok(find(h, domid)?.detail.clone())
+        self.looking(Call::DomainDetail, Some(domid), |h| {
+            Ok(get(h, domid)?.detail.clone())
         })
     }
 
     /// The same call as `domain_detail` (its faults too), without copying
     /// the config: thousands of simulated guests are observed and checked.
     fn domain_devices(&self, domid: DomId) -> Result<DomainDetail> {
-        self.with(Call::DomainDetail, Some(domid), |h| {
-            Ok(devices(&find(h, domid)?.detail))
+        self.looking(Call::DomainDetail, Some(domid), |h| {
+            Ok(devices(&get(h, domid)?.detail))
         })
     }
 
     /// The same call again, the config written out as text from where it is.
     fn domain_detail_text(&self, domid: DomId) -> Result<(DomainDetail, Option<String>)> {
-        self.with(Call::DomainDetail, Some(domid), |h| {
-            let d = &find(h, domid)?.detail;
+        self.looking(Call::DomainDetail, Some(domid), |h| {
+            let d = &get(h, domid)?.detail;
             Ok((devices(d), d.config.as_ref().map(|c| c.to_string())))
         })
     }
 
     fn version(&self) -> Result<HypervisorVersion> {
-        self.with(Call::Version, None, |h| Ok(h.hypervisor.clone()))
+        self.looking(Call::Version, None, |h| Ok(h.hypervisor.clone()))
     }
 
     fn physinfo(&self) -> Result<PhysInfo> {
-        self.with(Call::Physinfo, None, |h| Ok(h.physinfo))
+        self.looking(Call::Physinfo, None, |h| Ok(h.physinfo))
     }
 
     fn published_addresses(&self, domid: DomId) -> Result<Vec<std::net::IpAddr>> {
-        self.with(Call::PublishedAddresses, Some(domid), |h| {
-            Ok(find(h, domid)?.published.clone())
+        self.looking(Call::PublishedAddresses, Some(domid), |h| {
+            Ok(get(h, domid)?.published.clone())
         })
     }
 
@@ -483,7 +526,7 @@ impl Toolstack for Sim {
     /// guest running (the caller may look at the host meanwhile, as the
     /// drain's pause gate does), then suspends the guest and sends the rest.
     fn save(&self, domid: DomId, live: bool, out: &mut dyn SaveSink) -> Result<()> {
-        let (stream, paused_at) = self.with(Call::Save, Some(domid), |h| {
+        let uuid = self.with(Call::Save, Some(domid), |h| {
             let d = find(h, domid)?;
             if d.detail.info.state == DomainState::Shutdown {
                 return Err(ToolstackError::Libxl {
@@ -491,13 +534,16 @@ impl Toolstack for Sim {
                     code: xenlight_sys::ERROR_FAIL,
                 });
             }
-            let tag = sim_tag(d.detail.info.uuid);
-            Ok(if live {
-                synth::live_stream_with(SIM_PAGES, &tag)
-            } else {
-                (synth::stream_with(SIM_PAGES, &tag), 0)
-            })
+            Ok(d.detail.info.uuid)
         })?;
+        // Built and sent without the host's lock, as libxl streams one
+        // guest while others are worked on.
+        let tag = sim_tag(uuid);
+        let (stream, paused_at) = if live {
+            synth::live_stream_with(SIM_PAGES, &tag)
+        } else {
+            (synth::stream_with(SIM_PAGES, &tag), 0)
+        };
         let send = |out: &mut dyn SaveSink, bytes: &[u8]| {
             out.write_all(bytes)
                 .and_then(|()| out.flush())
@@ -528,33 +574,35 @@ impl Toolstack for Sim {
     }
 
     fn destroy(&self, domid: DomId) -> Result<()> {
-        self.with(Call::Destroy, Some(domid), |h| {
+        let gone = self.with(Call::Destroy, Some(domid), |h| {
             find(h, domid)?;
-            h.remove(domid);
-            Ok(())
-        })
+            Ok(h.remove(domid))
+        })?;
+        // Its config is freed without the host's lock.
+        drop(gone);
+        Ok(())
     }
 
     fn restore(&self, config: serde_json::Value, input: &mut dyn RestoreSource) -> Result<DomId> {
-        self.with(Call::Restore, None, |h| {
-            let stream = crate::image::read_whole(input, SIM_READ)
-                .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
-            let mut scanner = StreamScanner::new();
-            scanner
-                .feed(&stream)
-                .and_then(|()| scanner.finish().map(|_| ()))
-                .map_err(|e| ToolstackError::Stream(e.to_string()))?;
-            let domid = Sim::add_from_config(h, config)?;
-            let uuid = find(h, domid)?.detail.info.uuid;
-            let tag = sim_tag(uuid);
-            if stream.get(TAG_OFFSET..TAG_OFFSET + tag.len()) != Some(&tag[..]) {
-                h.remove(domid);
-                return Err(ToolstackError::Stream(
-                    "simulated stream belongs to another guest".into(),
-                ));
-            }
-            Ok(domid)
-        })
+        // An injected fault fails the call before the stream is read; the
+        // stream is read without the host's lock, as libxl reads one image
+        // while other guests are worked on.
+        Self::injected(&self.read(), Call::Restore, None)?;
+        let stream = crate::image::read_whole(input, SIM_READ)
+            .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
+        let mut scanner = StreamScanner::new();
+        scanner
+            .feed(&stream)
+            .and_then(|()| scanner.finish().map(|_| ()))
+            .map_err(|e| ToolstackError::Stream(e.to_string()))?;
+        let d = Sim::domain_from_config(config)?;
+        let tag = sim_tag(d.detail.info.uuid);
+        if stream.get(TAG_OFFSET..TAG_OFFSET + tag.len()) != Some(&tag[..]) {
+            return Err(ToolstackError::Stream(
+                "simulated stream belongs to another guest".into(),
+            ));
+        }
+        self.with(Call::Restore, None, |h| Sim::add(h, d))
     }
 
     fn create(&self, config: &serde_json::Value) -> Result<DomId> {
@@ -628,7 +676,7 @@ impl crate::plan::HostFacts for SimFacts<'_> {
     }
 
     fn probe(&self, ip: std::net::IpAddr, _timeout: std::time::Duration) -> bool {
-        let host = self.sim.lock();
+        let host = self.sim.read();
         let ids = host.index.by_ip.get(&ip).map(Vec::as_slice);
         ids.unwrap_or_default().iter().any(|&domid| {
             host.info_of(Some(&domid))
