@@ -132,22 +132,35 @@ pub fn rename_new(tmp: &Path, dest: &Path) -> Result<(), DurableError> {
 /// Replaces `dest` atomically with `data`: a reader sees the old content or
 /// the new, never a mix, also after a power cut.
 pub fn replace(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
-    write_and_rename(dest, data)?;
+    replace_with(dest, |f| f.write_all(data))
+}
+
+/// `replace`, the content written by `write` straight into the temp file:
+/// a large file (a run's status, megabytes for thousands of guests) is
+/// streamed through a small buffer, never held whole in memory.
+pub fn replace_with(
+    dest: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), DurableError> {
+    write_and_rename(dest, write)?;
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
 /// `replace` for a name that must not exist yet: a file there is refused
 /// (`Exists`), never replaced, atomically with the publish.
 pub fn create(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
-    write_and_publish(dest, data, rename_new)?;
+    write_and_publish(dest, |f| f.write_all(data), rename_new)?;
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
 /// The content durable under a temp name, then renamed over `dest`; the
 /// rename itself is durable only once the directory is fsync'd. No temp
 /// file is left on an error.
-fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
-    write_and_publish(dest, data, |tmp, dest| {
+fn write_and_rename(
+    dest: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), DurableError> {
+    write_and_publish(dest, write, |tmp, dest| {
         std::fs::rename(tmp, dest).map_err(io(dest))
     })
 }
@@ -155,13 +168,12 @@ fn write_and_rename(dest: &Path, data: &[u8]) -> Result<(), DurableError> {
 /// The content durable under a temp name, then moved to `dest` by `publish`.
 fn write_and_publish(
     dest: &Path,
-    data: &[u8],
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
     publish: impl FnOnce(&Path, &Path) -> Result<(), DurableError>,
 ) -> Result<(), DurableError> {
     let tmp = tmp_path(dest);
     let mut f = create_fresh(&tmp)?;
-    let written = f
-        .write_all(data)
+    let written = write(&mut f)
         .map_err(io(&tmp))
         .and_then(|()| sync(&f, &tmp));
     drop(f);
@@ -191,7 +203,7 @@ impl Batch {
     /// Writes `data` to `dest` as `replace` does, but leaves the rename to
     /// be made durable by `commit`.
     pub fn replace(&mut self, dest: &Path, data: &[u8]) -> Result<(), DurableError> {
-        write_and_rename(dest, data)?;
+        write_and_rename(dest, |f| f.write_all(data))?;
         self.note_dir(dest);
         Ok(())
     }

@@ -105,6 +105,9 @@ const HELD_SAVES: usize = 16;
 /// How long one probe of an address waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The buffer a run's status file is written through.
+const STATUS_BUFFER: usize = 64 << 10;
+
 /// Boot entries xenmaint adds to keep a hypervisor bootable.
 const FALLBACK_PREFIX: &str = "xenmaint-fallback-";
 
@@ -262,23 +265,27 @@ impl<'a> Sequencer<'a> {
             state: &'s RunState,
         }
         let id = run_id(run);
-        let status = run.dir.join("status.json");
-        let json = {
+        let path = run.dir.join("status.json");
+        {
             let state = run.state.lock().unwrap_or_else(|p| p.into_inner());
             let state = state.as_ref().ok_or_else(|| no_start_record(&run.dir))?;
-            serde_json::to_vec(&Status {
+            let status = Status {
                 event: "status",
                 run: &id,
                 state,
-            })
-            .expect("the run's state serialises")
-        };
-        durable::replace(&status, &json)?;
+            };
+            // Streamed: megabytes for thousands of guests, never held whole.
+            durable::replace_with(&path, |f| {
+                let mut w = std::io::BufWriter::with_capacity(STATUS_BUFFER, f);
+                serde_json::to_writer(&mut w, &status)?;
+                std::io::Write::flush(&mut w)
+            })?;
+        }
         if !self.policy.hooks.is_empty() {
             let env = [
                 ("XENMAINT_RUN", id),
                 ("XENMAINT_PHASE", kind.to_owned()),
-                ("XENMAINT_STATUS", status.to_string_lossy().into_owned()),
+                ("XENMAINT_STATUS", path.to_string_lossy().into_owned()),
             ];
             hooks::run_all(
                 &self.policy.hooks,
@@ -324,7 +331,7 @@ impl<'a> Sequencer<'a> {
                 return Err(SeqError::RunInProgress(id));
             }
         }
-        let plan = plan::plan(self.ts, &self.policy, self.facts)?;
+        let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
         if plan.blocked() {
             return Err(SeqError::PlanBlocked);
         }
@@ -342,18 +349,16 @@ impl<'a> Sequencer<'a> {
         // and once the journal exists every config is durable. Each is
         // written under its own name (no temp name and rename): nothing
         // reads this run's configs before `current` names the run, which
-        // is after the journal exists, so a torn one is never read.
-        let mut configs = durable::Batch::new();
-        let mut text = Vec::new();
-        for g in plan.guests.iter().filter(|g| g.action != Action::Skip) {
-            let config = self.ts.domain_detail(g.domid)?.config;
-            if let Some(config) = config {
-                text.clear();
-                serde_json::to_writer_pretty(&mut text, &config).expect("JSON serialises");
-                configs.create(&config_path(&dir, g.uuid), &text)?;
+        // is after the journal exists, so a torn one is never read. The
+        // configs are those the plan read a moment ago, not asked again.
+        let mut files = durable::Batch::new();
+        for (g, text) in plan.guests.iter().zip(&configs) {
+            if let Some(text) = text {
+                files.create(&config_path(&dir, g.uuid), text)?;
             }
         }
-        configs.commit()?;
+        drop(configs);
+        files.commit()?;
         let journal = Journal::create(&dir.join("journal"), &id, unix_now())?;
         let run = Run {
             dir,
@@ -503,17 +508,16 @@ impl<'a> Sequencer<'a> {
             Action::Shutdown => Step::Shutdown,
             Action::Skip => return Ok(true),
         };
-        if let Some(d) = self.find(g.uuid)? {
-            self.record(
-                run,
-                Record::Observed {
-                    uuid: g.uuid,
-                    observation: self.observe(d.domid),
-                },
-            )?;
-        }
-        self.record(run, Record::Begin { uuid: g.uuid, step })?;
-        let outcome = match self.find(g.uuid)?.map(|d| d.domid) {
+        let domid = self.find(g.uuid)?.map(|d| d.domid);
+        self.record(
+            run,
+            Record::Begin {
+                uuid: g.uuid,
+                step,
+                observation: domid.map(|domid| self.observe(domid)),
+            },
+        )?;
+        let outcome = match domid {
             None => Err(format!("{} is no longer running", g.name)),
             Some(domid) => match step {
                 Step::Save => guest::save(
@@ -1058,6 +1062,7 @@ impl<'a> Sequencer<'a> {
                 Record::Begin {
                     uuid: g.uuid,
                     step: Step::Restore,
+                    observation: None,
                 },
             )?;
             match guest::restore(self.ts, &image, &RestoreOptions { paused: false }, &|_| {}) {
@@ -1086,6 +1091,7 @@ impl<'a> Sequencer<'a> {
             Record::Begin {
                 uuid: g.uuid,
                 step: Step::ColdBoot,
+                observation: None,
             },
         )?;
         match self.cold_boot(run, g.uuid) {
@@ -1300,7 +1306,7 @@ fn config_path(dir: &Path, uuid: Uuid) -> PathBuf {
 fn describe(to: &mut String, r: &Record) {
     use std::fmt::Write;
     match r {
-        Record::Begin { uuid, step }
+        Record::Begin { uuid, step, .. }
         | Record::Done { uuid, step, .. }
         | Record::Failed { uuid, step, .. } => {
             let _ = write!(to, "{} {step:?} {uuid}", r.kind());

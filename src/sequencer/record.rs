@@ -63,6 +63,9 @@ pub enum Record {
         hypervisor: Hypervisor,
         boot_default: Option<String>,
     },
+    /// Written by earlier xenmaint before a guest's `Begin`; now the
+    /// observation is in the `Begin` (one record less per guest). Still
+    /// read.
     Observed {
         uuid: Uuid,
         observation: Observation,
@@ -70,6 +73,10 @@ pub enum Record {
     Begin {
         uuid: Uuid,
         step: Step,
+        /// Where the guest answered and what its disks were, looked at
+        /// just before its step (a drain's steps; None for the others).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observation: Option<Observation>,
     },
     Done {
         uuid: Uuid,
@@ -177,6 +184,7 @@ impl<'de> Deserialize<'de> for Record {
             Kind::Begin => Record::Begin {
                 uuid: need(f.uuid, "uuid")?,
                 step: need(f.step, "step")?,
+                observation: f.observation,
             },
             Kind::Done => Record::Done {
                 uuid: need(f.uuid, "uuid")?,
@@ -395,7 +403,14 @@ impl RunState {
             Record::Verified { uuid, verification } => {
                 self.verified.insert(uuid, verification);
             }
-            Record::Begin { uuid, step } => {
+            Record::Begin {
+                uuid,
+                step,
+                observation,
+            } => {
+                if let Some(observation) = observation {
+                    self.observed.insert(uuid, observation);
+                }
                 // A new step makes an earlier verification stale.
                 self.verified.remove(&uuid);
                 self.guests.insert(uuid, GuestState::InStep { step });
@@ -575,7 +590,19 @@ mod tests {
                     }],
                 },
             },
-            Record::Begin { uuid, step },
+            Record::Begin {
+                uuid,
+                step,
+                observation: None,
+            },
+            Record::Begin {
+                uuid,
+                step,
+                observation: Some(Observation {
+                    addresses: Vec::new(),
+                    disks: Vec::new(),
+                }),
+            },
             Record::Done {
                 uuid,
                 step,
