@@ -4,16 +4,24 @@
 //! drained, rebooted and resumed; the process's CPU time (user + system,
 //! all threads) is printed per phase. Target (issue 7): under 1 s in all.
 //!
-//!     cargo bench --bench sequencer_scale [-- GUESTS [CONCURRENCY]]
+//!     cargo bench --bench sequencer_scale [-- [--allocs] [--rounds R] GUESTS [CONCURRENCY]]
+//!
+//! Each of R rounds (5 unless told) runs in a fresh process; the round
+//! with the median total is printed, and every round's total.
 //!
 //! The state and image directories live on tmpfs (/dev/shm when present):
-//! the figure is the sequencer's CPU, not a disk's fsync latency.
+//! the figure is the sequencer's CPU, not a disk's fsync latency. With
+//! `--allocs`, heap allocations are counted per phase too (the count costs
+//! CPU of its own: two threads bumping one counter).
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use xenmaint::address::Neighbour;
+use xenmaint::allocator::Allocator;
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::guest::PowerOptions;
 use xenmaint::plan::{self, HostFacts, Policy};
@@ -40,6 +48,41 @@ impl HostFacts for Roomy {
     }
 }
 
+/// The binary's allocator (xenmaint::allocator), counting allocations (a
+/// realloc counts as one) when COUNT is set.
+struct Counting;
+
+static COUNT: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+fn count() {
+    if COUNT.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed straight to the binary's allocator, whose
+// contract the caller keeps; the counter adds no state the heap depends on.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
+        unsafe { Allocator {}.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from this allocator with this layout.
+        unsafe { Allocator {}.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: ptr came from this allocator with this layout.
+        unsafe { Allocator {}.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
 static NO_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn never(_: &str) -> bool {
@@ -54,10 +97,27 @@ fn cpu() -> f64 {
     secs(u.user_time()) + secs(u.system_time())
 }
 
+/// Set in the fresh processes the rounds run in.
+const ROUND: &str = "XENMAINT_BENCH_ROUND";
+
 fn main() {
-    let mut numbers = std::env::args().skip(1).filter_map(|a| a.parse().ok());
-    let n: usize = numbers.next().unwrap_or(10_000);
-    let lanes: usize = numbers.next().unwrap_or(Policy::default().concurrency);
+    let (mut numbers, mut rounds) = (Vec::new(), 5);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--allocs" => COUNT.store(true, Ordering::Relaxed),
+            "--rounds" => rounds = args.next().and_then(|r| r.parse().ok()).unwrap_or(1),
+            _ => numbers.extend(a.parse::<usize>().ok()),
+        }
+    }
+    if rounds > 1 && std::env::var_os(ROUND).is_none() {
+        return median_of(rounds);
+    }
+    let n: usize = numbers.first().copied().unwrap_or(10_000);
+    let lanes: usize = numbers
+        .get(1)
+        .copied()
+        .unwrap_or(Policy::default().concurrency);
     let base = ["/dev/shm", "/tmp"]
         .iter()
         .find(|p| Path::new(p).is_dir())
@@ -97,9 +157,10 @@ fn main() {
 
     let mut phases = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut()| {
-        let (c0, w0) = (cpu(), Instant::now());
+        let (c0, w0, a0) = (cpu(), Instant::now(), ALLOCS.load(Ordering::Relaxed));
         f();
-        phases.push((name, cpu() - c0, w0.elapsed().as_secs_f64()));
+        let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+        phases.push((name, cpu() - c0, w0.elapsed().as_secs_f64(), allocs));
     };
     let s = seq(&ts);
     step("plan", &mut || {
@@ -127,10 +188,15 @@ fn main() {
     println!(
         "bench sequencer on the simulator (not Xen): {n} guests, concurrency {lanes}, state on tmpfs"
     );
-    for (name, c, w) in &phases {
+    for (name, c, w, allocs) in &phases {
+        let allocs = if COUNT.load(Ordering::Relaxed) {
+            format!(", {:5.0} allocations", *allocs as f64 / n as f64)
+        } else {
+            String::new()
+        };
         println!(
-            "  {name:7} cpu {c:7.3} s  wall {w:7.3} s  ({:6.1} us cpu per guest)",
-            c / n as f64 * 1e6
+            "  {name:7} cpu {c:7.3} s  wall {w:7.3} s  ({:6.1} us cpu{allocs} per guest)",
+            c / n as f64 * 1e6,
         );
     }
     println!(
@@ -142,5 +208,35 @@ fn main() {
         } else {
             "n/a"
         }
+    );
+}
+
+/// Runs the benchmark in `rounds` fresh processes, as each xenmaint run is
+/// one (a process that already grew its heap pays less for memory), and
+/// prints the round with the median total, then every round's total.
+fn median_of(rounds: usize) {
+    let mut runs: Vec<(f64, String)> = (0..rounds)
+        .map(|_| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(std::env::args().skip(1))
+                .env(ROUND, "1")
+                .output()
+                .expect("the benchmark runs");
+            assert!(out.status.success(), "a round failed: {out:?}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            let total = text
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix("total   cpu"))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .expect("a round prints its total");
+            (total, text)
+        })
+        .collect();
+    let totals: Vec<String> = runs.iter().map(|r| format!("{:.3}", r.0)).collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    print!("{}", runs[rounds / 2].1);
+    println!(
+        "  rounds  {rounds} fresh processes, total cpu {} s: the median's shown",
+        totals.join(", ")
     );
 }

@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line.
 
 pub mod address;
+pub mod allocator;
 pub mod boot;
 pub mod buildid;
 pub mod cli;
