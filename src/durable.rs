@@ -330,6 +330,37 @@ mod tests {
         );
     }
 
+    /// A writer that fails half way (a full disk while the status streams)
+    /// leaves the old file whole and no temp file; one that succeeds
+    /// replaces it with everything it wrote, in pieces.
+    #[test]
+    fn a_streamed_replace_that_fails_keeps_the_old_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("status.json");
+        replace(&p, b"old").unwrap();
+        let e = replace_with(&p, |f| {
+            f.write_all(b"half of the new")?;
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(&tmp_path(&p).display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
+        assert!(!tmp_path(&p).exists());
+
+        replace_with(&p, |f| {
+            let mut w = std::io::BufWriter::with_capacity(4, f);
+            w.write_all(b"new, ")?;
+            w.write_all(b"in pieces")?;
+            w.flush()
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new, in pieces");
+        assert!(!tmp_path(&p).exists());
+    }
+
     #[test]
     fn create_never_replaces_and_leaves_no_temp_file() {
         let t = tempfile::tempdir().unwrap();

@@ -554,6 +554,34 @@ mod tests {
         assert!(!p.blocked(), "{:?}", p.findings);
     }
 
+    /// The drain writes the configs the plan read: each beside its own
+    /// guest after the plan's sort, none for a skipped guest, the plan
+    /// itself the same as without them.
+    #[test]
+    fn each_planned_guest_has_its_own_config_beside_it() {
+        let mut policy = Policy::default();
+        for (name, action, priority) in [("db-1", None, 10), ("cache-1", Some(Action::Skip), 0)] {
+            policy
+                .guests
+                .insert(name.into(), GuestPolicy { action, priority });
+        }
+        let ts = example();
+        let (p, configs) = plan_with_configs(&ts, &policy, &roomy()).unwrap();
+        let order: Vec<_> = p.guests.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(order, ["cache-1", "web-1", "db-1"], "not the domid order");
+        assert_eq!(configs.len(), p.guests.len());
+        for (g, text) in p.guests.iter().zip(&configs) {
+            if g.action == Action::Skip {
+                assert!(text.is_none(), "{}", g.name);
+                continue;
+            }
+            let read: serde_json::Value = serde_json::from_slice(text.as_ref().unwrap()).unwrap();
+            let want = ts.domain_detail(g.domid).unwrap().config.unwrap();
+            assert_eq!(read, want, "{}", g.name);
+        }
+        assert_eq!(plan(&ts, &policy, &roomy()).unwrap(), p);
+    }
+
     #[test]
     fn xendomains_is_enabled_by_a_unit_or_by_debian_start_links() {
         let t = tempfile::tempdir().unwrap();

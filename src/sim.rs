@@ -827,6 +827,54 @@ mod tests {
         ));
     }
 
+    /// A stream handed to `restore` from memory.
+    struct Bytes(std::io::Cursor<Vec<u8>>);
+
+    impl std::io::Read for Bytes {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl RestoreSource for Bytes {}
+
+    /// A restore adds the guest its stream came from, paused; refuses a
+    /// name that is taken, as libxl does; refuses another guest's stream
+    /// and adds nothing then.
+    #[test]
+    fn a_restore_takes_only_its_own_guests_stream() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json");
+        let sim = Sim::load(&path).unwrap();
+        let find = |name: &str| sim.resolve(&name.parse().unwrap()).unwrap();
+        let (web, db) = (find("web-1"), find("db-1"));
+        let config = |domid| sim.domain_detail(domid).unwrap().config.unwrap();
+        let (web_config, db_config) = (config(web.domid), config(db.domid));
+        let mut stream = Vec::new();
+        sim.save(web.domid, false, &mut stream).unwrap();
+        let from = |s: &Vec<u8>| Bytes(std::io::Cursor::new(s.clone()));
+
+        let e = sim
+            .restore(web_config.clone(), &mut from(&stream))
+            .unwrap_err();
+        assert!(
+            matches!(e, ToolstackError::Libxl { code, .. } if code == xenlight_sys::ERROR_INVAL),
+            "{e}"
+        );
+        sim.destroy(web.domid).unwrap();
+        sim.destroy(db.domid).unwrap();
+        let before = sim.list_domains().unwrap();
+        let e = sim.restore(db_config, &mut from(&stream)).unwrap_err();
+        assert!(e.to_string().contains("another guest"), "{e}");
+        assert_eq!(sim.list_domains().unwrap(), before);
+
+        let domid = sim.restore(web_config, &mut from(&stream)).unwrap();
+        let back = sim.resolve(&DomainRef::Id(domid)).unwrap();
+        assert_eq!(
+            (back.name.as_str(), back.uuid, back.state),
+            ("web-1", web.uuid, DomainState::Paused)
+        );
+    }
+
     #[test]
     fn the_bundled_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json");

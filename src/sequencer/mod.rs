@@ -275,6 +275,8 @@ impl<'a> Sequencer<'a> {
                 state,
             };
             // Streamed: megabytes for thousands of guests, never held whole.
+            // The state stays locked through the write and its fsyncs: phases
+            // change between the lanes' work, so that holds nobody up.
             durable::replace_with(&path, |f| {
                 let mut w = std::io::BufWriter::with_capacity(STATUS_BUFFER, f);
                 serde_json::to_writer(&mut w, &status)?;
