@@ -423,17 +423,18 @@ impl Sim {
 }
 
 fn find(host: &mut SimHost, domid: DomId) -> Result<&mut SimDomain> {
-    let at = position(host, domid)?;
+    let at = host.position(domid).ok_or_else(|| no_such(domid))?;
     Ok(&mut host.domains[at])
 }
 
+/// `find` for a call that only looks.
 fn get(host: &SimHost, domid: DomId) -> Result<&SimDomain> {
-    Ok(&host.domains[position(host, domid)?])
+    let at = host.position(domid).ok_or_else(|| no_such(domid))?;
+    Ok(&host.domains[at])
 }
 
-fn position(host: &SimHost, domid: DomId) -> Result<usize> {
-    host.position(domid)
-        .ok_or(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
+fn no_such(domid: DomId) -> ToolstackError {
+    ToolstackError::NoSuchDomain(DomainRef::Id(domid))
 }
 
 /// Bytes a simulated stream's first read asks for: more than a stream of
@@ -602,7 +603,8 @@ impl Toolstack for Sim {
                 "simulated stream belongs to another guest".into(),
             ));
         }
-        self.with(Call::Restore, None, |h| Sim::add(h, d))
+        // The fault was looked at above: one per call, as everywhere.
+        Sim::add(&mut self.lock(), d)
     }
 
     fn create(&self, config: &serde_json::Value) -> Result<DomId> {
