@@ -25,7 +25,7 @@ use xenmaint::address::Neighbour;
 use xenmaint::allocator::Allocator;
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::guest::PowerOptions;
-use xenmaint::plan::{self, HostFacts, Policy};
+use xenmaint::plan::{self, Concurrency, HostFacts, Policy};
 use xenmaint::sequencer::{Outcome, Sequencer};
 use xenmaint::sim::Sim;
 use xenmaint::toolstack::Toolstack;
@@ -118,7 +118,7 @@ fn main() {
     let lanes: usize = numbers
         .get(1)
         .copied()
-        .unwrap_or(Policy::default().concurrency);
+        .unwrap_or_else(|| Policy::default().concurrency.lanes(Roomy.dom0_cpus()));
     let base = ["/dev/shm", "/tmp"]
         .iter()
         .find(|p| Path::new(p).is_dir())
@@ -135,7 +135,7 @@ fn main() {
     boot.commit("xen").unwrap();
     let policy = Policy {
         image_dir: t.path().join("state/images"),
-        concurrency: lanes,
+        concurrency: Concurrency::Lanes(lanes),
         ..Policy::default()
     };
     let seq = |ts| Sequencer {

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! default_action = "save"      # or "shutdown" (cold boot after the reboot)
-//! concurrency = 2              # guests saved or restored at once
+//! concurrency = "auto"         # guests saved or restored at once: one per dom0 vCPU, at most 2; or a number
 //! image_dir = "/var/lib/xenmaint/images"
 //! live = false                 # live save: the guest pauses only for the last round
 //! pause_together = false       # true: live saves wait near the end of their first pass, pause at the end
@@ -69,7 +69,7 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, ConfigError> {
         path: path.to_owned(),
         detail: e.message().to_owned(),
     })?;
-    if policy.concurrency == 0 {
+    if policy.concurrency == crate::plan::Concurrency::Lanes(0) {
         return Err(ConfigError::Parse {
             path: path.to_owned(),
             detail: "concurrency must be at least 1".into(),
@@ -97,7 +97,7 @@ mod tests {
         .unwrap();
         let policy = load_policy(Some(&p)).unwrap();
         assert_eq!(policy.default_action, Action::Shutdown);
-        assert_eq!(policy.concurrency, 4);
+        assert_eq!(policy.concurrency, crate::plan::Concurrency::Lanes(4));
         assert_eq!(policy.guests["db-1"].priority, 10);
         assert_eq!(policy.guests["web-1"].action, Some(Action::Save));
         assert_eq!(policy.image_dir, Policy::default().image_dir);
@@ -116,6 +116,8 @@ mod tests {
             ("concurency = 2\n", "unknown field"),
             ("default_action = \"migrate\"\n", "unknown variant"),
             ("concurrency = 0\n", "at least 1"),
+            ("concurrency = -2\n", "at least 1"),
+            ("concurrency = \"fast\"\n", "or \"auto\""),
             ("[guests\n", ""),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -33,6 +33,74 @@ pub struct GuestPolicy {
     pub priority: i32,
 }
 
+/// How many guests are saved or restored at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// One lane per CPU dom0 runs on, at most [`AUTO_MAX_LANES`].
+    Auto,
+    Lanes(usize),
+}
+
+/// Where `auto` stops. Measured on the nested host: with one dom0 vCPU one
+/// lane kept guests down less than two (a save or restore there is bound by
+/// dom0's CPU, and two at once take as long as two in turn); with two vCPUs
+/// two lanes brought pairs back together. Beyond two nothing was measured,
+/// and more streams than the image disk's bandwidth serves gain nothing:
+/// set a number for that.
+pub const AUTO_MAX_LANES: usize = 2;
+
+impl Concurrency {
+    /// The lanes on a dom0 with `cpus` CPUs.
+    pub fn lanes(self, cpus: usize) -> usize {
+        match self {
+            Concurrency::Auto => cpus.clamp(1, AUTO_MAX_LANES),
+            Concurrency::Lanes(n) => n.max(1),
+        }
+    }
+}
+
+/// In the policy file: a number, or "auto".
+impl Serialize for Concurrency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Concurrency::Auto => s.serialize_str("auto"),
+            Concurrency::Lanes(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Given;
+        impl serde::de::Visitor<'_> for Given {
+            type Value = Concurrency;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of guests at once, or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Concurrency, E> {
+                usize::try_from(n)
+                    .map(Concurrency::Lanes)
+                    .map_err(|_| E::custom("concurrency too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<Concurrency, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom("concurrency must be at least 1"))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                w: &str,
+            ) -> std::result::Result<Concurrency, E> {
+                match w {
+                    "auto" => Ok(Concurrency::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(w), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Given)
+    }
+}
+
 /// What a run does when a guest cannot be drained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,7 +118,7 @@ pub struct Policy {
     pub default_action: Action,
     /// By guest name or UUID.
     pub guests: BTreeMap<String, GuestPolicy>,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     pub image_dir: PathBuf,
     pub live: bool,
     /// Live saves pause together at the end of the drain (the pause gate).
@@ -96,7 +164,7 @@ impl Default for Policy {
         Policy {
             default_action: Action::Save,
             guests: BTreeMap::new(),
-            concurrency: 2,
+            concurrency: Concurrency::Auto,
             image_dir: PathBuf::from(crate::guest::DEFAULT_IMAGE_DIR),
             live: false,
             pause_together: false,
@@ -133,6 +201,10 @@ pub trait HostFacts: Sync {
     fn neighbours(&self) -> Vec<crate::address::Neighbour>;
     /// Whether `ip` answers a probe within `timeout`.
     fn probe(&self, ip: std::net::IpAddr, timeout: std::time::Duration) -> bool;
+    /// The CPUs this process may run on: in dom0, its vCPUs.
+    fn dom0_cpus(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 /// The real host: statvfs and Debian's /etc/default/xendomains.
@@ -461,7 +533,8 @@ fn survey(
             message: why,
         });
     }
-    let lanes = policy.concurrency.max(1) as f64;
+    let concurrency = policy.concurrency.lanes(host.dom0_cpus());
+    let lanes = concurrency as f64;
     let est_drain_s = guests.iter().map(|g| g.est_drain_s).sum::<f64>() / lanes;
     let est_resume_s = guests.iter().map(|g| g.est_resume_s).sum::<f64>() / lanes;
     let plan = Plan {
@@ -470,7 +543,7 @@ fn survey(
         space_needed,
         space_free,
         host_memory: phys,
-        concurrency: policy.concurrency.max(1),
+        concurrency,
         est_drain_s,
         est_resume_s,
         guests,
@@ -487,6 +560,7 @@ mod tests {
     struct Facts {
         free: u64,
         xendomains: Option<String>,
+        cpus: usize,
     }
 
     impl HostFacts for Facts {
@@ -502,6 +576,9 @@ mod tests {
         fn probe(&self, _: std::net::IpAddr, _: std::time::Duration) -> bool {
             unreachable!("planning probes nothing")
         }
+        fn dom0_cpus(&self) -> usize {
+            self.cpus
+        }
     }
 
     fn example() -> Sim {
@@ -512,6 +589,7 @@ mod tests {
         Facts {
             free: 100 << 30,
             xendomains: None,
+            cpus: 2,
         }
     }
 
@@ -604,11 +682,58 @@ mod tests {
         assert!(xendomains_enabled(root));
     }
 
+    /// By default one lane per dom0 vCPU, at most two; a number in the
+    /// policy is taken as it is, whatever dom0 has. The estimates divide
+    /// by the lanes the plan settled on.
+    #[test]
+    fn lanes_follow_dom0s_vcpus_unless_the_policy_names_a_number() {
+        let ts = example();
+        let planned = |concurrency, cpus| {
+            let policy = Policy {
+                concurrency,
+                ..Policy::default()
+            };
+            let p = plan(&ts, &policy, &Facts { cpus, ..roomy() }).unwrap();
+            (p.concurrency, p.est_drain_s)
+        };
+        assert_eq!(Policy::default().concurrency, Concurrency::Auto);
+        let (one, one_s) = planned(Concurrency::Auto, 1);
+        let (two, two_s) = planned(Concurrency::Auto, 2);
+        assert_eq!((one, two), (1, 2));
+        assert!((one_s - 2.0 * two_s).abs() < 1e-9, "{one_s} {two_s}");
+        assert_eq!(planned(Concurrency::Auto, 64).0, AUTO_MAX_LANES);
+        assert_eq!(planned(Concurrency::Auto, 0).0, 1);
+        assert_eq!(planned(Concurrency::Lanes(4), 1).0, 4);
+        assert_eq!(planned(Concurrency::Lanes(1), 64).0, 1);
+    }
+
+    /// The policy file's forms, both ways: a number, or "auto".
+    #[test]
+    fn concurrency_reads_and_writes_a_number_or_auto() {
+        let policy: Policy = toml::from_str("concurrency = \"auto\"\n").unwrap();
+        assert_eq!(policy.concurrency, Concurrency::Auto);
+        let policy: Policy = toml::from_str("concurrency = 3\n").unwrap();
+        assert_eq!(policy.concurrency, Concurrency::Lanes(3));
+        for c in [Concurrency::Auto, Concurrency::Lanes(3)] {
+            let text = serde_json::to_string(&c).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Concurrency>(&text).unwrap(),
+                c,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Concurrency::Auto).unwrap(),
+            "\"auto\""
+        );
+    }
+
     #[test]
     fn too_little_space_and_xendomains_block_the_run() {
         let facts = Facts {
             free: 10 << 20,
             xendomains: xendomains_conflict_in("XENDOMAINS_SAVE=/var/lib/xen/save\n", true, false),
+            cpus: 1,
         };
         let p = plan(&example(), &Policy::default(), &facts).unwrap();
         assert!(p.blocked());

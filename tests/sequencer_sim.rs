@@ -15,7 +15,7 @@ use xenmaint::address::{Neighbour, Source};
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::domain::{DomainState, Uuid};
 use xenmaint::guest::PowerOptions;
-use xenmaint::plan::{Action, GuestPolicy, HostFacts, OnFailure, Policy};
+use xenmaint::plan::{Action, Concurrency, GuestPolicy, HostFacts, OnFailure, Policy};
 use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer, Step};
 use xenmaint::sim::{Fault, Sim, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
@@ -97,7 +97,7 @@ fn boot_loader() -> MemoryBoot {
 fn policy(dir: &Path, concurrency: usize) -> Policy {
     Policy {
         image_dir: dir.join("state/images"),
-        concurrency,
+        concurrency: Concurrency::Lanes(concurrency),
         ..Policy::default()
     }
 }

@@ -261,7 +261,7 @@ impl PolicyArgs {
             policy.image_dir = dir.clone();
         }
         if let Some(n) = self.concurrency {
-            policy.concurrency = usize::from(n);
+            policy.concurrency = crate::plan::Concurrency::Lanes(usize::from(n));
         }
         Ok(policy)
     }

@@ -316,6 +316,12 @@ impl<'a> Sequencer<'a> {
         Ok(HostLock::acquire(&self.lock_path, what)?)
     }
 
+    /// Guests saved or restored at once, on the dom0 this runs on now (a
+    /// resume asks again: the reboot may have changed dom0's vCPUs).
+    fn lanes(&self) -> usize {
+        self.policy.concurrency.lanes(self.facts.dom0_cpus())
+    }
+
     fn hypervisor(&self) -> Result<Hypervisor> {
         let v = self.ts.version()?;
         Ok(Hypervisor {
@@ -387,7 +393,7 @@ impl<'a> Sequencer<'a> {
         } else {
             0
         };
-        let lanes = Lanes::new(self.policy.concurrency, self.stop);
+        let lanes = Lanes::new(self.lanes(), self.stop);
         let gate = Some(&lanes as &dyn PauseGate).filter(|_| together);
         let results = self.each_guest(&run, &plan.guests, false, &lanes, workers, |g| {
             self.drain_guest(&run, &id, g, gate)
@@ -958,7 +964,7 @@ impl<'a> Sequencer<'a> {
 
     /// Brings back every guest that is not back; returns how many could not be.
     fn bring_back_all(&self, run: &Run, state: &RunState) -> Result<usize> {
-        let lanes = Lanes::new(self.policy.concurrency, self.stop);
+        let lanes = Lanes::new(self.lanes(), self.stop);
         let failed = self.each_guest(run, &state.plan.guests, true, &lanes, 0, |g| {
             let st = state
                 .guests
