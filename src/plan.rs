@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for Concurrency {
         impl serde::de::Visitor<'_> for Given {
             type Value = Concurrency;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number of guests at once, or \"auto\"")
+                f.write_str("concurrency as a number of guests at once, or \"auto\"")
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Concurrency, E> {
                 usize::try_from(n)

@@ -677,6 +677,13 @@ impl crate::plan::HostFacts for SimFacts<'_> {
         Vec::new()
     }
 
+    /// The simulated dom0's vCPUs: a simulated host plans like the host it
+    /// describes, not like the machine the simulator runs on.
+    fn dom0_cpus(&self) -> usize {
+        let dom0 = self.sim.read().info_of(Some(&0));
+        dom0.map_or(1, |i| i.vcpus as usize)
+    }
+
     fn probe(&self, ip: std::net::IpAddr, _timeout: std::time::Duration) -> bool {
         let host = self.sim.read();
         let ids = host.index.by_ip.get(&ip).map(Vec::as_slice);
@@ -891,6 +898,30 @@ mod tests {
                 d.name
             );
             assert!(detail.config.is_some(), "{}", d.name);
+        }
+    }
+
+    /// Default lanes on a simulated host follow its dom0's vCPUs.
+    #[test]
+    fn a_simulated_host_has_its_own_dom0s_vcpus() {
+        use crate::plan::HostFacts;
+        let mut h: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for vcpus in [1, 3] {
+            let dom0 = h["domains"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|d| d["domid"] == 0)
+                .unwrap();
+            dom0["vcpus"] = vcpus.into();
+            let sim = Sim::new(serde_json::from_value(h.clone()).unwrap()).unwrap();
+            assert_eq!(sim.host_facts().dom0_cpus(), vcpus as usize);
         }
     }
 }

@@ -316,8 +316,8 @@ impl<'a> Sequencer<'a> {
         Ok(HostLock::acquire(&self.lock_path, what)?)
     }
 
-    /// Guests saved or restored at once, on the dom0 this runs on now (a
-    /// resume asks again: the reboot may have changed dom0's vCPUs).
+    /// Guests restored at once, on the dom0 this runs on now: the reboot
+    /// may have changed dom0's vCPUs since the plan.
     fn lanes(&self) -> usize {
         self.policy.concurrency.lanes(self.facts.dom0_cpus())
     }
@@ -393,7 +393,8 @@ impl<'a> Sequencer<'a> {
         } else {
             0
         };
-        let lanes = Lanes::new(self.lanes(), self.stop);
+        // The lanes the plan settled on (and journaled).
+        let lanes = Lanes::new(plan.concurrency, self.stop);
         let gate = Some(&lanes as &dyn PauseGate).filter(|_| together);
         let results = self.each_guest(&run, &plan.guests, false, &lanes, workers, |g| {
             self.drain_guest(&run, &id, g, gate)
