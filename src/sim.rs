@@ -836,6 +836,11 @@ mod tests {
         ));
     }
 
+    /// The bundled example host.
+    fn example() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json")
+    }
+
     /// A stream handed to `restore` from memory.
     struct Bytes(std::io::Cursor<Vec<u8>>);
 
@@ -852,8 +857,7 @@ mod tests {
     /// and adds nothing then.
     #[test]
     fn a_restore_takes_only_its_own_guests_stream() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json");
-        let sim = Sim::load(&path).unwrap();
+        let sim = Sim::load(&example()).unwrap();
         let find = |name: &str| sim.resolve(&name.parse().unwrap()).unwrap();
         let (web, db) = (find("web-1"), find("db-1"));
         let config = |domid| sim.domain_detail(domid).unwrap().config.unwrap();
@@ -886,8 +890,7 @@ mod tests {
 
     #[test]
     fn the_bundled_example_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json");
-        let sim = Sim::load(&path).unwrap();
+        let sim = Sim::load(&example()).unwrap();
         let doms = sim.list_domains().unwrap();
         assert!(doms.len() >= 4, "dom0 and at least three guests");
         for d in &doms[1..] {
@@ -905,13 +908,8 @@ mod tests {
     #[test]
     fn a_simulated_host_has_its_own_dom0s_vcpus() {
         use crate::plan::HostFacts;
-        let mut h: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let mut h: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(example()).unwrap()).unwrap();
         for vcpus in [1, 3] {
             let dom0 = h["domains"]
                 .as_array_mut()
