@@ -28,23 +28,32 @@ nested_wait() {
 # phase NAME: start of a named phase (the runner prints the time between phases).
 phase() { nested_marker phase "name=$1"; }
 
-# outside PHASE: ask the runner to run the --outside script now, with PHASE; returns its
-# exit code and prints its output. Goes over QEMU user networking to the runner's control
-# port on the test machine's loopback, through the guestfwd address in run.env (QEMU's
-# user network is restricted: nothing else leaves the VM).
-outside() {
-  local ph=$1 line rc=99
-  if [ -z "${NESTED_CTL_PORT:-}" ]; then nested_log "outside: no control port"; return 98; fi
+# nested_ctl REQUEST...: one request to the runner on this machine; prints the answer and
+# returns its exit code. Goes over QEMU user networking to the runner's control port on the
+# test machine's loopback, through the guestfwd address in run.env (QEMU's user network is
+# restricted: nothing else leaves the VM). Requests: `outside BOOT PHASE` (below), `clock`
+# (the runner's time, seconds since the epoch), `forwards` (the runner asks every guest
+# through its forwarded port).
+nested_ctl() {
+  local line rc=99 fd
+  if [ -z "${NESTED_CTL_PORT:-}" ]; then nested_log "no control port"; return 98; fi
   exec {fd}<>"/dev/tcp/${NESTED_CTL_ADDR:-10.0.2.100}/$NESTED_CTL_PORT" || return 97
-  printf 'outside %s %s\n' "$NESTED_BOOT" "$ph" >&"$fd"
+  printf '%s\n' "$*" >&"$fd"
   while IFS= read -r -u "$fd" line; do
     case $line in
       @@rc=*) rc=${line#@@rc=} ;;
-      *) printf '[outside %s] %s\n' "$ph" "$line" ;;
+      *) printf '%s\n' "$line" ;;
     esac
   done
   exec {fd}>&-
   return "$rc"
+}
+
+# outside PHASE: ask the runner to run the --outside script now, with PHASE; returns its
+# exit code and prints its output.
+outside() {
+  nested_ctl outside "$NESTED_BOOT" "$1" | sed -u "s/^/[outside $1] /"
+  return "${PIPESTATUS[0]}"
 }
 
 # Tests: a scenario declares them in a header line "# nested-tests: a b c"; checks are
@@ -91,27 +100,33 @@ guests() {
 }
 
 # ---- the image's guests (shared by scenarios) ---------------------------------------------
-# start_guests: xl create every guest, one after the other, each only once the previous
-# one answers, then wait until all answer. Why so careful: under TCG, dom0 work that
-# overlaps guests booting has failed now and then for no reason of its own (libxc's XZ
-# decompression of a kernel, a block hotplug script, once bash itself), always on the
-# third create. A failed create is retried once, loudly.
+# start_guests: xl create every guest that does not run yet (on a host started from the
+# snapshot they all run), one after the other, each once the one before answers, then wait
+# until all answer. Why one at a time: with the three created at once, the emulated host
+# went idle for good soon after (seen four times running, with and without the TSC; with
+# one at a time, never), and before that, under TCG, dom0 work that overlapped guests
+# booting failed now and then (libxc's XZ decompression of a kernel, a block hotplug
+# script). A failed create is retried once, loudly.
 start_guests() {
-  local name ip rc=0
+  local name ip
   while read -r -u 7 name ip _; do
-    if ! xl create "/etc/xen/guests/$name.cfg" > "$NESTED_RESULTS/xl-create-$name.log" 2>&1; then
-      echo "WARNING: xl create $name failed, retrying once:"; cat "$NESTED_RESULTS/xl-create-$name.log"
-      xl destroy "$name" 2>/dev/null
-      xl create "/etc/xen/guests/$name.cfg" > "$NESTED_RESULTS/xl-create-$name.log" 2>&1 \
-        || { rc=1; echo "xl create $name failed:"; cat "$NESTED_RESULTS/xl-create-$name.log"; continue; }
-    fi
+    xl domid "$name" > /dev/null 2>&1 && continue
+    create_guest "$name" || return 1
     # (Not `guest_request | grep -q`: under pipefail grep's early exit SIGPIPEs the client
     # and the whole test fails although the guest answered.)
     nested_wait 120 "[[ \"\$(guest_request $ip STATUS 2>/dev/null)\" == *counter=* ]]" \
       || echo "WARNING: $name does not answer yet"
   done 7< <(guests)
-  [ "$rc" = 0 ] || return 1
   wait_guests
+}
+create_guest() {
+  local name=$1 log=$NESTED_RESULTS/xl-create-$1.log t=$SECONDS
+  xl create "/etc/xen/guests/$name.cfg" > "$log" 2>&1 && { echo "xl create $name: $((SECONDS - t)) s"; return 0; }
+  echo "WARNING: xl create $name failed, retrying once:"; cat "$log"
+  xl destroy "$name" 2> /dev/null
+  xl create "/etc/xen/guests/$name.cfg" > "$log" 2>&1 && return 0
+  echo "xl create $name failed:"; cat "$log"
+  return 1
 }
 
 # Wait until every guest's service answers from dom0 with its own name.
@@ -190,4 +205,35 @@ xm_check() {   # xm_check TEST DESC fn args...: a xenmaint check; skipped withou
   local t=$1 d=$2; shift 2
   if have_xenmaint; then check "$t" "$d" "$@"
   else echo "  SKIP [$t] $d (no xenmaint binary in this run)"; echo "$d" >> "$NESTED_STATE/skipped"; fi
+}
+
+# warm_check: a host started from the snapshot behaves: its wall clock is set from the
+# runner's (the snapshot's stood still meanwhile) and agrees with it; every guest runs on from
+# where the snapshot left it (same boot id, its counter advanced) and answers through its
+# port forward; Xen's timers keep dom0's pace (a guest's counter, one tick per second of the
+# guest's timer, advances by about as many seconds as dom0's clock does).
+warm_check() {
+  local now ok=0 name ip before after c0 c1 t0 t1 first_ip
+  now=$(nested_ctl clock) && date -s "@$now" > /dev/null || { echo "FAIL clock: no time from the runner"; ok=1; }
+  now=$(nested_ctl clock)
+  if awk -v a="$now" -v b="$EPOCHREALTIME" 'BEGIN { d = a - b; exit !(d < 5 && d > -5) }'; then
+    echo "ok   dom0's clock $(date -u +%FT%TZ) agrees with the runner's (within 5 s)"
+  else echo "FAIL dom0's clock $EPOCHREALTIME, the runner's $now"; ok=1; fi
+  while read -r -u 7 name ip _; do
+    first_ip=${first_ip:-$ip}
+    before=$(cat "/var/lib/nested-warm/$name" 2>/dev/null) after=$(guest_request "$ip" STATUS 2>&1)
+    c0=$(sed -n 's/^counter=//p' <<<"$before") c1=$(sed -n 's/^counter=//p' <<<"$after")
+    if [ "$(sed -n 's/^boot_id=//p' <<<"$after")" = "$(sed -n 's/^boot_id=//p' <<<"$before")" ] \
+       && [ -n "$c1" ] && [ "$c1" -gt "${c0:-0}" ]; then
+      echo "ok   $name runs on: same boot id, counter $c0 -> $c1"
+    else echo "FAIL $name: before [$(tr '\n' ' ' <<<"$before")] now [$(tr '\n' ' ' <<<"$after")]"; ok=1; fi
+  done 7< <(guests)
+  t0=$EPOCHREALTIME c0=$(guest_request "$first_ip" STATUS | sed -n 's/^counter=//p')
+  sleep 5
+  t1=$EPOCHREALTIME c1=$(guest_request "$first_ip" STATUS | sed -n 's/^counter=//p')
+  if awk -v n="$((${c1:-0} - ${c0:-0}))" -v t="$t0" -v u="$t1" 'BEGIN { d = u - t; exit !(n >= d * 0.6 && n <= d * 1.4 + 1) }'; then
+    echo "ok   a guest's timer keeps dom0's pace: $((c1 - c0)) ticks in $(awk -v t="$t0" -v u="$t1" 'BEGIN { printf "%.1f", u - t }') s"
+  else echo "FAIL a guest's counter went ${c0:-?} -> ${c1:-?} in $t0 .. $t1"; ok=1; fi
+  nested_ctl forwards | sed 's/^/     forward: /' || { echo "FAIL port forwards"; ok=1; }
+  return "$ok"
 }

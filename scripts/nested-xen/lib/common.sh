@@ -29,3 +29,6 @@ DOM0_PKGS=(
 
 nx_log() { printf '[nested-xen %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 nx_die() { nx_log "ERROR: $*"; exit 1; }
+
+# nx_image_path TEXT: TEXT, build-image's standard output, is one line naming an existing file.
+nx_image_path() { [ -n "$1" ] && [ "$(printf '%s\n' "$1" | wc -l)" = 1 ] && [ -f "$1" ]; }

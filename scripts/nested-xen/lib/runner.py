@@ -8,7 +8,7 @@ by running the --outside script against the forwarded guest ports, enforces a ti
 reads the io disk back with debugfs and prints per-phase timings. Exit 0 iff the scenario
 finished with rc=0 and every test it declared reported PASS.
 """
-import argparse, json, os, re, shutil, socket, subprocess, sys, threading, time
+import argparse, json, os, re, shlex, shutil, socket, subprocess, sys, tempfile, threading, time
 
 # The runner's control channel as the VM sees it (a guestfwd address of QEMU's
 # user network; see the -netdev line).
@@ -28,6 +28,7 @@ T0 = time.monotonic()
 # wrong, as if xmm state were lost across context switches; without it, none in the whole
 # suite. NESTED_XEN_CPU overrides.
 CPU = os.environ.get("NESTED_XEN_CPU", "max,-smap,-smep,-xsave")
+MEM = 3072   # MiB: Xen, dom0's 1024 and the guests
 
 
 def ts():
@@ -56,6 +57,26 @@ def read_guests(path):
     return out
 
 
+def qemu_cmd(mem, overlay, io_img, fwd, ctl_port, qmp):
+    """QEMU's command line. A snapshot is loaded with the command line it was made
+    with, but for what is named here: files, ports and sockets on this machine's side,
+    which the guest does not see."""
+    return ["qemu-system-x86_64", "-machine", "q35", "-cpu", CPU,
+            "-accel", f"tcg,thread={os.environ.get('NESTED_XEN_TCG_THREAD', 'multi')}",
+            "-smp", "2", "-m", str(mem), "-nographic",
+            "-monitor", "none", "-serial", "stdio", "-qmp", f"unix:{qmp},server=on,wait=off",
+            "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
+            "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
+            # restrict=on: no packet from the VM is routed anywhere (a guest that
+            # is down must not turn dom0's probes into traffic to a real 10.0.2.x
+            # address); hostfwd still brings clients in, and the one way out is
+            # guestfwd to the runner's control port through relay.py.
+            "-netdev", f"user,id=n0,net=10.0.2.0/24,restrict=on,{fwd},"
+                       f"guestfwd=tcp:{CTL_ADDR}:{CTL_GUEST_PORT}-cmd:python3 "
+                       f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'relay.py')} {ctl_port}",
+            "-device", "e1000,netdev=n0"]
+
+
 class Run:
     def __init__(self, a):
         self.a = a
@@ -67,6 +88,8 @@ class Run:
         self.outside_calls = 0
         self.outside_fail = 0
         self.panics = []          # Xen or dom0 panics seen on the serial console
+        self.snapshotting = False   # --make-warm: the snapshot is being written
+        self.snapshot_ok = False
 
     # ---- control server: the scenario's `outside PHASE` ------------------------------
     def serve(self, sock):
@@ -81,6 +104,11 @@ class Run:
         with conn:
             f = conn.makefile("rwb")
             req = f.readline().decode(errors="replace").split()
+            if req == ["clock"]:   # a host restored from a snapshot sets its clock from ours
+                f.write(f"{time.time():.3f}\n@@rc=0\n".encode()); f.flush(); return
+            if req == ["forwards"]:   # the port forwards reach every guest's service
+                text, rc = self.check_forwards()
+                f.write(text.encode() + f"@@rc={rc}\n".encode()); f.flush(); return
             if len(req) != 3 or req[0] != "outside":
                 f.write(b"bad request\n@@rc=2\n"); f.flush(); return
             boot, phase = req[1], req[2]
@@ -115,6 +143,28 @@ class Run:
             except OSError:
                 pass
 
+    def check_forwards(self):
+        """Asks each guest's service for its STATUS through its forwarded port, as the
+        outside scripts do: (report, 0 if every guest answered with its own name)."""
+        lines, bad = [], 0
+        for g in self.guests:
+            if g["extra"]:
+                continue
+            try:
+                with socket.create_connection(("127.0.0.1", g["port"]), timeout=15) as c:
+                    c.settimeout(15)
+                    c.sendall(b"STATUS\n")
+                    ans = b""
+                    while chunk := c.recv(4096):
+                        ans += chunk
+                ok = f"name={g['name']}" in ans.decode(errors="replace").split()
+            except OSError as e:
+                ans, ok = str(e).encode(), False
+            bad += not ok
+            lines.append(f"{'ok' if ok else 'FAIL'} {g['name']} via 127.0.0.1:{g['port']}: "
+                         + " ".join(ans.decode(errors="replace").split()[:4]))
+        return "".join(l + "\n" for l in lines), int(bad > 0)
+
     # ---- the run ----------------------------------------------------------------------
     def main(self):
         a = self.a
@@ -139,7 +189,7 @@ class Run:
         os.makedirs(os.path.join(io, "bin"))
         os.makedirs(os.path.join(io, "results"))
         os.makedirs(os.path.join(io, "state"))
-        for n in ("driver", "lib.sh"):
+        for n in os.listdir(a.harness):
             shutil.copy(os.path.join(a.harness, n), os.path.join(io, "harness", n))
         shutil.copy(a.scenario, os.path.join(io, "scenario"))
         if a.xenmaint:
@@ -148,27 +198,23 @@ class Run:
             shutil.copytree(a.units, os.path.join(io, "systemd"))
         with open(os.path.join(io, "run.env"), "w") as f:
             f.write(f"NESTED_CTL_ADDR={CTL_ADDR}\nNESTED_CTL_PORT={CTL_GUEST_PORT}\n")
+            if a.make_warm:
+                f.write("NESTED_WARM_MAKE=1\n")
         io_img = os.path.join(work, "io.img")
         subprocess.run(["truncate", "-s", "1G", io_img], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "nested-io", "-d", io, io_img], check=True)
         overlay = os.path.join(work, "root.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(a.image),
-                        "-F", "raw", overlay], check=True)
+        # A warm start runs on the snapshot's disk (itself an overlay over the base image).
+        backing, fmt = (os.path.join(a.warm, "root.qcow2"), "qcow2") if a.warm else (a.image, "raw")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(backing),
+                        "-F", fmt, overlay], check=True)
+        qmp_dir = tempfile.mkdtemp(prefix="nested-xen-qmp.")   # a socket path short enough
+        self.qmp_path = os.path.join(qmp_dir, "qmp")
 
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests)
-        cmd = ["qemu-system-x86_64", "-machine", "q35", "-cpu", CPU,
-               "-accel", f"tcg,thread={os.environ.get('NESTED_XEN_TCG_THREAD', 'multi')}", "-smp", "2", "-m", str(a.mem), "-nographic",
-               "-monitor", "none", "-serial", "stdio",
-               "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
-               "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
-               # restrict=on: no packet from the VM is routed anywhere (a guest that
-               # is down must not turn dom0's probes into traffic to a real 10.0.2.x
-               # address); hostfwd still brings clients in, and the one way out is
-               # guestfwd to the runner's control port through relay.py.
-               "-netdev", f"user,id=n0,net=10.0.2.0/24,restrict=on,{fwd},"
-                          f"guestfwd=tcp:{CTL_ADDR}:{CTL_GUEST_PORT}-cmd:python3 "
-                          f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'relay.py')} {ctl_port}",
-               "-device", "e1000,netdev=n0"]
+        cmd = qemu_cmd(a.mem, overlay, io_img, fwd, ctl_port, self.qmp_path)
+        if a.warm:   # the snapshot's running host, memory and devices, goes on from there
+            cmd += ["-incoming", f"exec:cat {shlex.quote(os.path.join(os.path.abspath(a.warm), 'ram.state'))}"]
         say("ports: " + " ".join(f"{g['name']}={g['ip']}:7000->127.0.0.1:{g['port']}" for g in self.guests)
             + f" control=127.0.0.1:{ctl_port}")
         say("qemu: " + " ".join(cmd))
@@ -182,14 +228,17 @@ class Run:
 
         def log_event(what, **kw):
             events.write(json.dumps(dict(t=time.time(), event=what, **kw)) + "\n"); events.flush()
+        slow = slow_cgroup(float(os.environ.get("NESTED_XEN_SLOW", "1")))
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=slow and (lambda: open(slow[0], "w").write(str(os.getpid()))))
         timeout = int(header(a.scenario, "nested-timeout") or a.timeout)
         if a.timeout_cap is not None:   # the suite's time left
             timeout = max(1, min(timeout, a.timeout_cap))
         killer = threading.Timer(timeout, lambda: (say(f"TIMEOUT after {timeout}s: killing QEMU"),
                                                      setattr(self, "timed_out", True), qemu.kill()))
         self.timed_out = False
+        killer.daemon = True   # a runner that fails must not wait for it
         killer.start()
         # A host that prints nothing for this long has hung (the longest quiet stretch of a
         # passing run so far: 5 minutes, a benchmark's drain with two dom0 vCPUs): stop it
@@ -216,10 +265,16 @@ class Run:
             say(f"{what}  (+{now - last['t']:.1f}s since {last['what']})")
             last["t"], last["what"] = now, what
 
+        if a.warm:   # no GRUB on the way in: the host of the snapshot is in its first boot
+            boots = 1
+            log_event("warm-start", boot=boots)
+            mark("boot 1: loading the snapshot of the running host")
+            threading.Thread(target=self.continue_snapshot, args=(qemu, mark), daemon=True).start()
         for raw in iter(qemu.stdout.readline, b""):
             heard["t"] = time.monotonic()
             serial.write(raw); serial.flush()
             serial_t.write(f"{time.monotonic() - T0:8.2f} ".encode() + raw)
+            serial_t.flush()
             if a.verbose:
                 sys.stdout.buffer.write(raw); sys.stdout.flush()
             if b"nested-xen grub entry:" in raw and b"echo" not in raw:
@@ -248,7 +303,11 @@ class Run:
                 kv = dict(x.split("=", 1) for x in rest.split() if "=" in x)
                 self.tests[kv.get("name", "?")] = kv.get("result", "FAIL")
                 say(f"TEST {kv.get('name')}: {kv.get('result')}")
-            elif event in ("scenario-begin", "scenario-end", "reboot"):
+            elif event == "warm-ready" and a.make_warm and not self.snapshotting:
+                mark(f"boot {boot}: guests up, io disk released: saving the snapshot")
+                self.snapshotting = True
+                threading.Thread(target=self.save_snapshot, args=(qemu,), daemon=True).start()
+            elif event in ("scenario-begin", "scenario-end", "reboot", "warm-resumed"):
                 mark(f"boot {boot}: {event} {rest}".strip())
             elif event == "done":
                 self.done_rc = int(rest.split("rc=")[1].split()[0]) if "rc=" in rest else 1
@@ -262,10 +321,16 @@ class Run:
                 stuck.start()
         qemu.wait()
         killer.cancel()
+        shutil.rmtree(os.path.dirname(self.qmp_path), ignore_errors=True)
+        if slow:
+            os.rmdir(slow[1])
         mark(f"qemu exited rc={qemu.returncode}")
         serial.close()
         serial_t.close()
         events.close()
+
+        if a.make_warm:
+            return self.keep_snapshot(overlay)
 
         # Results and state back from the io disk (no mounts: debugfs rdump).
         res = os.path.join(self.out, "results")
@@ -303,6 +368,108 @@ class Run:
         return 0 if ok else 1
 
 
+    def save_snapshot(self, qemu):
+        """--make-warm: stops the VM and writes its state (memory, devices) to a file
+        beside its disk, then quits QEMU. The disk is the run's overlay as it stands."""
+        state = os.path.join(self.out, "ram.state")
+        try:
+            time.sleep(2)   # the console line that announced it was the host's last act
+            q = Qmp(self.qmp_path)
+            q.call("stop")
+            q.call("migrate", uri=f"exec:cat > {shlex.quote(state)}")
+            while True:
+                st = q.call("query-migrate").get("return", {})
+                if st.get("status") in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.5)
+            say(f"snapshot: migration {st.get('status')}, {os.path.getsize(state) >> 20} MiB of state"
+                + (f": {st.get('error-desc')}" if st.get("error-desc") else ""))
+            self.snapshot_ok = st.get("status") == "completed"
+            q.call("quit")
+        except (OSError, ValueError) as e:
+            say(f"snapshot failed: {e}")
+            qemu.kill()
+
+    def continue_snapshot(self, qemu, mark):
+        """--warm: the snapshot was saved from a stopped VM, so QEMU loads it stopped; once
+        it is loaded, the host goes on."""
+        try:
+            for _ in range(100):   # QEMU makes its QMP socket as it starts
+                if os.path.exists(self.qmp_path):
+                    break
+                time.sleep(0.1)
+            q = Qmp(self.qmp_path)
+            while (st := q.call("query-migrate").get("return", {}).get("status")) not in ("completed", "failed"):
+                time.sleep(0.2)
+            if st != "completed":
+                raise OSError(f"loading the snapshot: migration {st}")
+            q.call("cont")
+            mark("boot 1: snapshot loaded, the host runs on")
+        except (OSError, ValueError) as e:
+            say(f"warm start failed: {e}")
+            qemu.kill()
+
+    def keep_snapshot(self, overlay):
+        """--make-warm: the snapshot is the overlay (the host's disk) and the state file,
+        kept in the run folder for `warm` to move into the cache; 0 if both are whole."""
+        state = os.path.join(self.out, "ram.state")
+        if not self.snapshot_ok or self.timed_out or self.panics:
+            say(f"snapshot NOT made (saved={self.snapshot_ok} timeout={self.timed_out} "
+                f"panics={len(self.panics)}); see {self.out}")
+            return 1
+        os.replace(overlay, os.path.join(self.out, "root.qcow2"))
+        say(f"snapshot made: {self.out}/root.qcow2 + ram.state")
+        return 0
+
+
+class Qmp:
+    """The least of a QMP client: one command at a time, events skipped."""
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rwb")
+        json.loads(self.f.readline())   # the greeting
+        self.call("qmp_capabilities")
+
+    def call(self, cmd, **args):
+        self.f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
+        self.f.flush()
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise OSError(f"QMP closed during {cmd}")
+            r = json.loads(line)
+            if "error" in r:
+                raise OSError(f"QMP {cmd}: {r['error'].get('desc')}")
+            if "return" in r:
+                return r
+
+
+def slow_cgroup(factor):
+    """NESTED_XEN_SLOW=F: a CPU cgroup that gives QEMU 1/F of this machine's CPUs, to see
+    the suite on a slow day (the same machine kind has run 1.5 to 3.5 times slower on some
+    days). Returns (the cgroup's cgroup.procs file, its folder), or None for F <= 1."""
+    if factor <= 1:
+        return None
+    period = 100000
+    quota = int(os.cpu_count() * period / factor)
+    name = f"nested-xen-slow-{os.getpid()}"
+    v1 = "/sys/fs/cgroup/cpu"
+    if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")):   # cgroup v1's cpu controller
+        d = os.path.join(v1, name)
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "cpu.cfs_period_us"), "w").write(str(period))
+        open(os.path.join(d, "cpu.cfs_quota_us"), "w").write(str(quota))
+    else:   # cgroup v2
+        root = "/sys/fs/cgroup"
+        open(os.path.join(root, "cgroup.subtree_control"), "w").write("+cpu")
+        d = os.path.join(root, name)
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "cpu.max"), "w").write(f"{quota} {period}")
+    say(f"NESTED_XEN_SLOW={factor}: QEMU gets {quota / period:.2f} of {os.cpu_count()} CPUs ({d})")
+    return os.path.join(d, "cgroup.procs"), d
+
+
 def header(scenario, key):
     """The value of a scenario's "# KEY: value" header line (all of them, joined), or None."""
     vals = [line.split(":", 1)[1].strip() for line in open(scenario, errors="replace")
@@ -311,6 +478,9 @@ def header(scenario, key):
 
 
 def main():
+    if sys.argv[1:] == ["--qemu-template"]:   # what a snapshot depends on (`warm`'s key)
+        print(" ".join(qemu_cmd(MEM, "ROOT", "IO", "FWD", 0, "QMP")))
+        return
     p = argparse.ArgumentParser()
     p.add_argument("--scenario", required=True)
     p.add_argument("--out", required=True)
@@ -325,7 +495,10 @@ def main():
     p.add_argument("--silence", type=int, default=int(os.environ.get("NESTED_XEN_SILENCE", 480)),
                    help="kill the VM after this many seconds without serial output")
     p.add_argument("--outside-timeout", type=int, default=120)
-    p.add_argument("--mem", type=int, default=3072)
+    p.add_argument("--mem", type=int, default=MEM)
+    p.add_argument("--warm", metavar="DIR", help="start from the snapshot in DIR (root.qcow2, ram.state)")
+    p.add_argument("--make-warm", action="store_true",
+                   help="boot, start the guests, save a snapshot into --out, quit")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--verbose", action="store_true")
     sys.exit(Run(p.parse_args()).main())
