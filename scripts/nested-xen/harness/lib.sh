@@ -102,11 +102,11 @@ guests() {
 # ---- the image's guests (shared by scenarios) ---------------------------------------------
 # start_guests: xl create every guest that does not run yet (on a host started from the
 # snapshot they all run), one after the other, each once the one before answers, then wait
-# until all answer. Why one at a time: with the three created at once, the emulated host
-# went idle for good soon after (seen four times running, with and without the TSC; with
-# one at a time, never), and before that, under TCG, dom0 work that overlapped guests
+# until all answer. One at a time because, under TCG, dom0 work that overlapped guests
 # booting failed now and then (libxc's XZ decompression of a kernel, a block hotplug
-# script). A failed create is retried once, loudly.
+# script); the three at once came up in ~50 s rather than ~75 s, but the runs that tried it
+# stalled later for a fault of the snapshot's own, since mended, so it is not proven. On a
+# warm host the snapshot has started them. A failed create is retried once, loudly.
 start_guests() {
   local name ip
   while read -r -u 7 name ip _; do

@@ -367,7 +367,6 @@ class Run:
             os.remove(overlay)   # large; kept on failure for inspection (qemu-img convert)
         return 0 if ok else 1
 
-
     def save_snapshot(self, qemu):
         """--make-warm: stops the VM and writes its state (memory, devices) to a file
         beside its disk, then quits QEMU. The disk is the run's overlay as it stands."""
@@ -412,7 +411,6 @@ class Run:
     def keep_snapshot(self, overlay):
         """--make-warm: the snapshot is the overlay (the host's disk) and the state file,
         kept in the run folder for `warm` to move into the cache; 0 if both are whole."""
-        state = os.path.join(self.out, "ram.state")
         if not self.snapshot_ok or self.timed_out or self.panics:
             say(f"snapshot NOT made (saved={self.snapshot_ok} timeout={self.timed_out} "
                 f"panics={len(self.panics)}); see {self.out}")
