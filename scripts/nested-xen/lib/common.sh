@@ -32,3 +32,15 @@ nx_die() { nx_log "ERROR: $*"; exit 1; }
 
 # nx_image_path TEXT: TEXT, build-image's standard output, is one line naming an existing file.
 nx_image_path() { [ -n "$1" ] && [ "$(printf '%s\n' "$1" | wc -l)" = 1 ] && [ -f "$1" ]; }
+
+# nx_vm_lock: take the one-nested-VM-per-machine lock on fd 8 (held until the process and
+# its children are gone), waiting for another run if it must.
+nx_vm_lock() {
+  local lock=/run/lock/xenmaint-nested-xen.lock t=$SECONDS
+  [ -w /run/lock ] || lock=$NX_CACHE/run.lock
+  exec 8>>"$lock"
+  flock -n 8 && return 0
+  nx_log "another nested-xen run holds $lock: waiting for it"
+  flock 8
+  nx_log "timing: waited $((SECONDS - t)) s for the other run"
+}
