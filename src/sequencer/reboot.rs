@@ -1,0 +1,120 @@
+//! Patch and reboot: keep the running hypervisor bootable, run the patch
+//! command, reboot. Its own file as the phases that run the administrator's commands.
+
+use super::{Phase, Record, Result, SeqError, Sequencer};
+
+/// Boot entries xenmaint adds to keep a hypervisor bootable.
+const FALLBACK_PREFIX: &str = "xenmaint-fallback-";
+
+impl Sequencer<'_> {
+    /// Keeps the running hypervisor bootable, runs the patch command, and
+    /// sets `entry` to boot once; the default stays the kept hypervisor, so
+    /// a patched one that does not boot falls back to it.
+    pub fn patch(&self, command: &str, entry: &str) -> Result<()> {
+        let _lock = self.lock("patch")?;
+        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("patch"))?;
+        let (phase, release) = run.read(|s| (s.phase, s.hypervisor_before.release.clone()))?;
+        if phase != Phase::Drained && phase != Phase::Patched {
+            return Err(SeqError::WrongPhase {
+                run: id,
+                phase,
+                verb: "patch",
+                want: "drained",
+            });
+        }
+        let default = self.boot.default_entry()?;
+        let current = match &default {
+            Some(d) => self.boot.find(d)?,
+            None => return Err(SeqError::NoFallback("no saved_entry".into())),
+        };
+        let hv_file = current
+            .hypervisor
+            .clone()
+            .ok_or_else(|| SeqError::NoFallback(current.id.clone()))?;
+        // The default may already be a copy kept by an earlier run (whose
+        // patch did not take): it is the fallback as it is.
+        let kept = current.id.starts_with(FALLBACK_PREFIX);
+        let fallback = if kept {
+            current.id.clone()
+        } else {
+            format!("{FALLBACK_PREFIX}xen-{release}")
+        };
+        let copy = format!("/boot/xen-{release}-xenmaint-fallback.gz");
+        if !kept {
+            self.boot.keep_entry(
+                &hv_file,
+                &copy,
+                &fallback,
+                &format!("Xen {release} (kept by xenmaint as a fallback)"),
+            )?;
+            self.boot.commit(&fallback)?;
+        }
+        run_command("patch command", command)?;
+        self.boot.find(entry)?;
+        self.boot.boot_once(entry)?;
+        self.record(
+            &run,
+            Record::Patched {
+                entry: entry.to_owned(),
+                fallback: Some(fallback),
+            },
+        )
+    }
+
+    /// Records what should boot, then reboots the host with `command`.
+    pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
+        let lock = self.lock("reboot")?;
+        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("reboot"))?;
+        let (phase, patched_entry, build_id_before) = run.read(|s| {
+            (
+                s.phase,
+                s.patched_entry.clone(),
+                s.hypervisor_before.build_id.clone(),
+            )
+        })?;
+        if phase != Phase::Patched && phase != Phase::Drained {
+            return Err(SeqError::WrongPhase {
+                run: id,
+                phase,
+                verb: "reboot",
+                want: "drained (and patched)",
+            });
+        }
+        let patched = phase == Phase::Patched;
+        let expect_build_id = match (&patched_entry, patched) {
+            (Some(entry), true) => self.boot.build_id_of(entry)?,
+            _ => None,
+        };
+        self.record(
+            &run,
+            Record::Rebooting {
+                expect_not_build_id: if patched { build_id_before } else { None },
+                expect_release: expect_release.map(str::to_owned),
+                expect_build_id,
+            },
+        )?;
+        drop(lock);
+        nix::unistd::sync();
+        run_command("reboot command", command)
+    }
+}
+
+fn run_command(what: &'static str, command: &str) -> Result<()> {
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .map_err(|e| SeqError::Command {
+            what,
+            command: command.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if !status.success() {
+        return Err(SeqError::Command {
+            what,
+            command: command.to_owned(),
+            detail: status.to_string(),
+        });
+    }
+    Ok(())
+}
