@@ -70,6 +70,11 @@ pub struct SimHost {
     index: SimIndex,
     #[serde(skip)]
     saves: SaveLog,
+    /// The last domid handed out: like Xen, the sim does not hand a domid
+    /// out again soon after its domain went (a guest that reboots itself
+    /// comes back under a new one).
+    #[serde(skip)]
+    last_domid: DomId,
 }
 
 /// Live saves begun, and each suspend by a save: the guest, and how many
@@ -238,6 +243,7 @@ impl Sim {
             }
         }
         host.reindex();
+        host.last_domid = host.domains.back().map_or(0, |d| d.detail.info.domid);
         Ok(Sim {
             host: RwLock::new(host),
         })
@@ -339,8 +345,8 @@ impl Sim {
         Sim::add(host, Sim::domain_from_config(config)?)
     }
 
-    /// Adds a domain (its domid the next free one); refused, as libxl
-    /// does, when its name or UUID is taken.
+    /// Adds a domain (its domid the next after the last one handed out);
+    /// refused, as libxl does, when its name or UUID is taken.
     fn add(host: &mut SimHost, mut d: SimDomain) -> Result<DomId> {
         let info = &mut d.detail.info;
         if host.index.by_name.contains_key(&info.name)
@@ -351,7 +357,9 @@ impl Sim {
                 code: xenlight_sys::ERROR_INVAL,
             });
         }
-        info.domid = host.domains.back().map_or(0, |d| d.detail.info.domid) + 1;
+        let last = host.domains.back().map_or(0, |d| d.detail.info.domid);
+        info.domid = last.max(host.last_domid) + 1;
+        host.last_domid = info.domid;
         let domid = info.domid;
         host.push(d);
         Ok(domid)
@@ -750,6 +758,7 @@ mod tests {
             boot_entries: default_boot_entries(),
             index: SimIndex::default(),
             saves: SaveLog::default(),
+            last_domid: 0,
         }
     }
 

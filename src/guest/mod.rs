@@ -86,12 +86,18 @@ pub enum Recovery {
     Resumed,
     /// Resuming failed as well: it is left suspended, nothing destroyed.
     ResumeFailed(ToolstackError),
+    /// The guest shut down on its own, or is gone: not resumed (a resume
+    /// would undo its own shutdown).
+    Stopped,
 }
 
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Recovery::Resumed => f.write_str("the guest was resumed and keeps running"),
+            Recovery::Stopped => f.write_str(
+                "the guest shut down on its own or is gone, and was left so (not resumed)",
+            ),
             Recovery::ResumeFailed(e) => write!(
                 f,
                 "resuming the guest failed too ({e}); it is suspended, not destroyed: check `xl list`"

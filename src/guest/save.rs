@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{millis, OpError, Progress, ProgressFn, Recovery, Steps};
-use crate::domain::{DomId, DomainRef, DomainState};
+use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason};
 use crate::durable;
 use crate::image::{
     self, manifest_path, Checksum, DirectWriter, DiskIdentity, ImageError, Manifest, SavedOn,
@@ -361,9 +361,13 @@ pub fn save(
                 let _ = std::fs::remove_file(&image);
                 let _ = std::fs::remove_file(manifest_path(&image));
             }
-            let outcome = match ts.resume(info.domid) {
-                Ok(()) => Recovery::Resumed,
-                Err(e) => Recovery::ResumeFailed(e),
+            let outcome = if stopped_on_its_own(ts, &info) {
+                Recovery::Stopped
+            } else {
+                match ts.resume(info.domid) {
+                    Ok(()) => Recovery::Resumed,
+                    Err(e) => Recovery::ResumeFailed(e),
+                }
             };
             return Err(OpError::SaveFailed {
                 name: info.name,
@@ -421,6 +425,27 @@ fn read_back(image: &Path) -> Result<image::Verified, OpError> {
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     // Written just now: the kind new images get.
     Ok(image::verify_reader(file, image::Checksum::new())?)
+}
+
+/// Whether the guest, during a save that failed, shut down by itself
+/// (poweroff, reboot, crash) or went away. Xen's resume clears any
+/// shutdown, so resuming such a guest would run it on past its own
+/// shutdown. When the toolstack cannot say, it is resumed as before.
+fn stopped_on_its_own(ts: &dyn Toolstack, info: &DomainInfo) -> bool {
+    let Ok(domains) = ts.list_domains() else {
+        return false;
+    };
+    match domains
+        .iter()
+        .find(|d| d.domid == info.domid && d.uuid == info.uuid)
+    {
+        None => true,
+        Some(d) => match d.state {
+            DomainState::Dying | DomainState::Crashed => true,
+            DomainState::Shutdown => d.shutdown_reason != Some(ShutdownReason::Suspend),
+            _ => false,
+        },
+    }
 }
 
 #[cfg(test)]
