@@ -19,5 +19,8 @@ pub const TIMEOUT: i32 = 6;
 pub const PLAN_BLOCKED: i32 = 7;
 /// Another xenmaint run holds the host's lock.
 pub const LOCKED: i32 = 8;
+/// A maintenance step was refused: domains the run has not accounted for
+/// run on the host (created since the plan, or started again by hand).
+pub const HOST_CHANGED: i32 = 9;
 /// Stopped by SIGINT or SIGTERM at a consistent point (128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;

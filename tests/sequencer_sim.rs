@@ -6,171 +6,19 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use xenmaint::address::{Neighbour, Source};
 
-use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
-use xenmaint::domain::{DomainState, Uuid};
-use xenmaint::guest::PowerOptions;
-use xenmaint::plan::{Action, Concurrency, GuestPolicy, HostFacts, OnFailure, Policy};
+use xenmaint::boot::BootLoader;
+use xenmaint::plan::{Action, GuestPolicy, HostFacts, OnFailure, Policy};
 use xenmaint::sequencer::{GuestState, Outcome, Phase, SeqError, Sequencer, Step};
 use xenmaint::sim::{Fault, Sim, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
 
-/// A host with room for every image, a neighbour table, some addresses that
-/// never answer, and a record of every probe.
-#[derive(Default)]
-struct Probed {
-    neighbours: Vec<Neighbour>,
-    silent: Vec<IpAddr>,
-    probes: Mutex<Vec<IpAddr>>,
-}
-/// The usual host: no neighbours to read, every address answers.
-static ROOMY: Probed = Probed {
-    neighbours: Vec::new(),
-    silent: Vec::new(),
-    probes: Mutex::new(Vec::new()),
-};
-
-impl HostFacts for Probed {
-    fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
-        Ok(1 << 40)
-    }
-    fn xendomains_conflict(&self, _: bool) -> Option<String> {
-        None
-    }
-    fn neighbours(&self) -> Vec<Neighbour> {
-        self.neighbours.clone()
-    }
-    fn probe(&self, ip: IpAddr, _: Duration) -> bool {
-        self.probes.lock().unwrap().push(ip);
-        !self.silent.contains(&ip)
-    }
-}
-
 mod common;
 
-fn host(dir: &Path) -> SimHost {
-    common::example_host(dir)
-}
-
-/// The same host after a reboot: only dom0 runs, on whichever hypervisor
-/// the boot loader picked.
-fn rebooted(before: &SimHost, boot: &MemoryBoot) -> Sim {
-    let mut h = before.clone();
-    h.domains.retain(|d| d.detail.info.domid == 0);
-    h.faults.clear();
-    if boot.boot().as_deref() == Some("xen-new") {
-        h.hypervisor.extra = ".7".into();
-        h.hypervisor.build_id = Some("77777777".into());
-    }
-    Sim::new(h).unwrap()
-}
-
-fn boot_loader() -> MemoryBoot {
-    let b = MemoryBoot::default();
-    b.state.lock().unwrap().entries = vec![
-        BootEntry {
-            id: "xen".into(),
-            title: "Xen 4.17 (package)".into(),
-            hypervisor: Some("/boot/xen-4.17-amd64.gz".into()),
-        },
-        BootEntry {
-            id: "xen-new".into(),
-            title: "Xen 4.17.7".into(),
-            hypervisor: Some("/boot/xen-4.17.7-amd64.gz".into()),
-        },
-    ];
-    b.commit("xen").unwrap();
-    // What rebooted() boots for xen-new: the build the patched image holds.
-    b.state
-        .lock()
-        .unwrap()
-        .build_ids
-        .insert("xen-new".into(), "77777777".into());
-    b
-}
-
-fn policy(dir: &Path, concurrency: usize) -> Policy {
-    Policy {
-        image_dir: dir.join("state/images"),
-        concurrency: Concurrency::Lanes(concurrency),
-        ..Policy::default()
-    }
-}
-
-fn power() -> PowerOptions {
-    PowerOptions {
-        wait: true,
-        timeout: Duration::from_millis(300),
-        force: true,
-        poll: Duration::from_millis(5),
-        reap_grace: Duration::ZERO,
-    }
-}
-
-fn never(_: &str) -> bool {
-    false
-}
-
-fn seq<'a>(
-    ts: &'a dyn Toolstack,
-    boot: &'a dyn BootLoader,
-    dir: &Path,
-    policy: Policy,
-    failpoint: &'a (dyn Fn(&str) -> bool + Sync),
-) -> Sequencer<'a> {
-    Sequencer {
-        ts,
-        boot,
-        facts: &ROOMY,
-        policy,
-        state_dir: dir.join("state"),
-        lock_path: dir.join("run/xenmaint.lock"),
-        power: power(),
-        failpoint,
-        stop: &NO_STOP,
-    }
-}
-
-static NO_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// name -> (uuid, MACs) of the guests (dom0 excluded).
-fn guests(ts: &dyn Toolstack) -> BTreeMap<String, (Uuid, Vec<String>)> {
-    ts.list_domains()
-        .unwrap()
-        .into_iter()
-        .filter(|d| d.domid != 0)
-        .map(|d| {
-            let macs = ts
-                .domain_detail(d.domid)
-                .unwrap()
-                .nics
-                .iter()
-                .map(|n| n.mac.to_string())
-                .collect();
-            (d.name, (d.uuid, macs))
-        })
-        .collect()
-}
-
-/// The contract after a run ends: every guest runs, once, as it was.
-fn assert_all_back(ts: &dyn Toolstack, want: &BTreeMap<String, (Uuid, Vec<String>)>, ctx: &str) {
-    let list = ts.list_domains().unwrap();
-    for (name, (uuid, _)) in want {
-        let copies: Vec<_> = list.iter().filter(|d| d.uuid == *uuid).collect();
-        assert_eq!(copies.len(), 1, "{ctx}: {name} runs {} times", copies.len());
-        assert!(
-            matches!(copies[0].state, DomainState::Running | DomainState::Blocked),
-            "{ctx}: {name} is {}",
-            copies[0].state
-        );
-    }
-    assert_eq!(&guests(ts), want, "{ctx}");
-}
+use common::run::*;
 
 #[test]
 fn the_whole_cycle_brings_every_guest_back_on_the_patched_hypervisor() {
@@ -484,10 +332,11 @@ fn halt_policy_stops_and_rollback_finishes_it() {
     p.on_failure = OnFailure::Halt;
     let s = seq(&ts, &boot, t.path(), p, &never);
     assert!(s.drain().unwrap_err().to_string().contains("halted"));
-    assert!(
-        matches!(s.drain(), Err(SeqError::RunInProgress(_))),
-        "one run at a time"
-    );
+    let (run, _) = s.state().unwrap().unwrap();
+    // A second drain goes on with the halted run, retrying what failed:
+    // here it fails again, and the run halts again. Still one run.
+    assert!(s.drain().unwrap_err().to_string().contains("halted"));
+    assert_eq!(s.state().unwrap().unwrap().0, run, "one run at a time");
     assert!(matches!(
         s.patch("true", "xen-new"),
         Err(SeqError::WrongPhase { .. })
@@ -572,24 +421,6 @@ fn a_damaged_image_is_refused_and_its_guest_cold_booted() {
                 "{damage}: {uuid} is {g:?}"
             );
         }
-    }
-}
-
-/// Counts journal writes and crashes at the n-th.
-struct CrashAt {
-    n: usize,
-    seen: AtomicUsize,
-}
-
-impl CrashAt {
-    fn new(n: usize) -> CrashAt {
-        CrashAt {
-            n,
-            seen: AtomicUsize::new(0),
-        }
-    }
-    fn hit(&self, _: &str) -> bool {
-        self.seen.fetch_add(1, Ordering::SeqCst) == self.n
     }
 }
 

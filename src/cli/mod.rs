@@ -69,7 +69,8 @@ Exit codes:
   5  an input file (image, manifest, simulated host) is missing or invalid
   6  a guest did not do as asked in time
   7  the plan has errors: a maintenance run would be refused
-  8  another xenmaint run holds this host's lock";
+  8  another xenmaint run holds this host's lock
+  9  refused: domains the run has not accounted for are on the host";
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -139,7 +140,8 @@ pub enum Verb {
         #[command(flatten)]
         host_args: HostRebootArgs,
     },
-    /// Save or shut down every guest, as planned, journaling each step.
+    /// Save or shut down every guest, as planned, journaling each step. Run
+    /// again before the reboot, it takes in the guests started since.
     Drain {
         #[command(flatten)]
         policy: PolicyArgs,
@@ -325,6 +327,9 @@ impl CliError {
                 return exit::PLAN_BLOCKED
             }
             CliError::Run(crate::sequencer::SeqError::Lock(_)) => return exit::LOCKED,
+            CliError::Run(crate::sequencer::SeqError::HostChanged { .. }) => {
+                return exit::HOST_CHANGED
+            }
             CliError::Run(crate::sequencer::SeqError::Interrupted(_)) => return exit::INTERRUPTED,
             CliError::Run(crate::sequencer::SeqError::Toolstack(e)) => e,
             CliError::StatusTimeout(_) => return exit::TIMEOUT,
@@ -533,5 +538,20 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
 impl From<ImageError> for CliError {
     fn from(e: ImageError) -> Self {
         CliError::Op(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_refused_for_domains_the_run_has_not_accounted_for_exits_host_changed() {
+        let e = CliError::Run(crate::sequencer::SeqError::HostChanged {
+            step: "reboot",
+            domains: "\"late-1\" (domain 7, ...): not in the run".into(),
+        });
+        assert_eq!(e.exit_code(), exit::HOST_CHANGED);
+        assert!(EXIT_CODES_HELP.contains(&format!("  {}  refused", exit::HOST_CHANGED)));
     }
 }

@@ -140,6 +140,11 @@ fn describe(st: &GuestState) -> String {
             domid,
             step: Step::Kept,
         } => format!("kept running as domain {domid}"),
+        GuestState::Back {
+            domid,
+            step: Step::Outside,
+        } => format!("started outside this run, as domain {domid}"),
+        GuestState::Gone { how } => format!("{}: left stopped", printable(how)),
         GuestState::Back { domid, step } => {
             format!(
                 "back as domain {domid} ({})",
@@ -169,13 +174,15 @@ pub fn patch(ctx: &Context<'_>, command: &str, entry: &str, out: &Output) -> Res
 }
 
 pub fn reboot_host(ctx: &Context<'_>, a: &HostRebootArgs, out: &Output) -> Result<(), CliError> {
+    let s = sequencer(ctx);
+    s.refuse_reboot_now()?;
     if out.json {
         out.event("rebooting", &serde_json::json!({}))?;
     } else {
         out.line("rebooting the host; xenmaint-resume.service brings the guests back")?;
     }
     out.flush()?;
-    sequencer(ctx).reboot(&a.reboot_command, a.expect_version.as_deref())?;
+    s.reboot(&a.reboot_command, a.expect_version.as_deref())?;
     Ok(())
 }
 

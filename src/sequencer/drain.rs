@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use super::lanes::Lanes;
 use super::{
-    config_path, Observation, Outcome, Phase, Record, Result, Run, RunState, SeqError, Sequencer,
-    Step,
+    config_path, GuestState, Observation, Outcome, Phase, Record, Result, Run, RunState, SeqError,
+    Sequencer, Step,
 };
 use crate::address;
-use crate::domain::{DomId, DomainRef, Uuid};
+use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
 use crate::durable;
 use crate::guest::{self, AfterSave, PauseGate, SaveOptions};
 use crate::image::DiskIdentity;
@@ -28,13 +28,88 @@ const HELD_SAVES: usize = 16;
 impl Sequencer<'_> {
     /// Saves or shuts down every planned guest. On a failure the policy
     /// decides: roll back (restore what was saved; the default) or halt.
+    /// Run again on a run that is drained, patched or halted (not yet
+    /// rebooting), it goes on with that run: it takes in the guests started
+    /// since (newcomers, and guests the run saved that were started again by
+    /// hand) and retries the guests whose step failed.
     pub fn drain(&self) -> Result<(String, RunState)> {
         let _lock = self.lock("drain")?;
-        if let Some((id, s)) = self.state()? {
-            if s.phase != Phase::Finished {
-                return Err(SeqError::RunInProgress(id));
-            }
+        let (id, run, guests) = match self.open_current()? {
+            Some((id, run)) => match run.read(|s| s.phase)? {
+                Phase::Finished => self.start_run()?,
+                Phase::Drained | Phase::Patched | Phase::Halted => {
+                    let guests = self.take_in(&run)?;
+                    (id, run, guests)
+                }
+                _ => return Err(SeqError::RunInProgress(id)),
+            },
+            None => self.start_run()?,
+        };
+        let concurrency = run.read(|s| s.plan.concurrency)?;
+
+        // Live saves pausing together get a worker each (up to HELD_SAVES)
+        // so that their pauses come at the end; lanes still bound the copying.
+        let together = self.policy.live && self.policy.pause_together;
+        let workers = if together {
+            guests.len().min(HELD_SAVES)
+        } else {
+            0
+        };
+        // The lanes the plan settled on (and journaled).
+        let lanes = Lanes::new(concurrency, self.stop);
+        let gate = Some(&lanes as &dyn PauseGate).filter(|_| together);
+        let results = self.each_guest(&run, &guests, false, &lanes, workers, |g| {
+            self.drain_guest(&run, &id, g, gate)
+        });
+        let failed = results?;
+        if self.stop.load(Ordering::SeqCst) {
+            // Guests saved so far stay saved, the others run on: rollback
+            // brings the saved ones back.
+            self.record(
+                &run,
+                Record::Halted {
+                    reason: "interrupted (SIGINT/SIGTERM) during the drain".into(),
+                },
+            )?;
+            return Err(SeqError::Interrupted(Phase::Halted));
         }
+        if failed == 0 {
+            self.settle(&run)?;
+        } else if self.policy_rolls_back() {
+            let left = self.bring_back_all(&run, &run.state()?)?;
+            let outcome = if left == 0 {
+                Outcome::RolledBack
+            } else {
+                Outcome::Incomplete
+            };
+            self.record(&run, Record::Finished { outcome })?;
+            return Err(SeqError::DrainFailed {
+                failed,
+                outcome: if left == 0 {
+                    "rolled back: every guest runs again, nothing was rebooted".into()
+                } else {
+                    format!("rolled back, but {left} guest(s) could not be brought back")
+                },
+            });
+        } else {
+            self.record(
+                &run,
+                Record::Halted {
+                    reason: format!("{failed} guest(s) could not be drained"),
+                },
+            )?;
+            return Err(SeqError::DrainFailed {
+                failed,
+                outcome: "halted: no reboot will happen; `rollback` brings the saved guests back"
+                    .into(),
+            });
+        }
+        Ok((id, run.into_state()?))
+    }
+
+    /// A new run: its directory, every guest's config, its journal, and
+    /// `current` naming it. Returns it with the guests to drain.
+    fn start_run(&self) -> Result<(String, Run, Vec<PlannedGuest>)> {
         let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
         if plan.blocked() {
             return Err(SeqError::PlanBlocked);
@@ -72,73 +147,103 @@ impl Sequencer<'_> {
         };
         // From here a crash leaves a run for `resume` to find.
         durable::replace(&self.current_file(), id.as_bytes())?;
+        let guests = plan.guests.clone();
         self.record(
             &run,
             Record::Started {
-                plan: Box::new(plan.clone()),
+                plan: Box::new(plan),
                 hypervisor: self.hypervisor()?,
                 boot_default: self.boot.default_entry()?,
             },
         )?;
+        Ok((id, run, guests))
+    }
 
-        // Live saves pausing together get a worker each (up to HELD_SAVES)
-        // so that their pauses come at the end; lanes still bound the copying.
-        let together = self.policy.live && self.policy.pause_together;
-        let workers = if together {
-            plan.guests.len().min(HELD_SAVES)
-        } else {
-            0
-        };
-        // The lanes the plan settled on (and journaled).
-        let lanes = Lanes::new(plan.concurrency, self.stop);
-        let gate = Some(&lanes as &dyn PauseGate).filter(|_| together);
-        let results = self.each_guest(&run, &plan.guests, false, &lanes, workers, |g| {
-            self.drain_guest(&run, &id, g, gate)
-        });
-        let failed = results?;
-        if self.stop.load(Ordering::SeqCst) {
-            // Guests saved so far stay saved, the others run on: rollback
-            // brings the saved ones back.
-            self.record(
-                &run,
-                Record::Halted {
-                    reason: "interrupted (SIGINT/SIGTERM) during the drain".into(),
-                },
-            )?;
-            return Err(SeqError::Interrupted(Phase::Halted));
+    /// For a drain that goes on with `run`: what runs now that the run has
+    /// not drained. A guest new to the run joins it (its config written
+    /// first, as a new run's are); a guest the run stopped that runs again
+    /// is recorded as started outside the run, and its image, older than
+    /// its disk now, is deleted; a guest whose step failed is tried again.
+    fn take_in(&self, run: &Run) -> Result<Vec<PlannedGuest>> {
+        let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
+        if plan.blocked() {
+            return Err(SeqError::PlanBlocked);
         }
-        if failed == 0 {
-            self.record(&run, Record::Drained)?;
-        } else if self.policy_rolls_back() {
-            let left = self.bring_back_all(&run, &run.state()?)?;
-            let outcome = if left == 0 {
-                Outcome::RolledBack
-            } else {
-                Outcome::Incomplete
+        let state = run.state()?;
+        let mut todo = Vec::new();
+        let mut joined = Vec::new();
+        let mut files = durable::Batch::new();
+        for (g, text) in plan.guests.iter().zip(&configs) {
+            if g.action == Action::Skip {
+                continue;
+            }
+            let Some(ours) = state.plan.guests.iter().find(|p| p.uuid == g.uuid) else {
+                if let Some(text) = text {
+                    files.create(&config_path(&run.dir, g.uuid), text)?;
+                }
+                joined.push(g.clone());
+                continue;
             };
-            self.record(&run, Record::Finished { outcome })?;
-            return Err(SeqError::DrainFailed {
-                failed,
-                outcome: if left == 0 {
-                    "rolled back: every guest runs again, nothing was rebooted".into()
-                } else {
-                    format!("rolled back, but {left} guest(s) could not be brought back")
-                },
-            });
-        } else {
-            self.record(
-                &run,
-                Record::Halted {
-                    reason: format!("{failed} guest(s) could not be drained"),
-                },
-            )?;
-            return Err(SeqError::DrainFailed {
-                failed,
-                outcome: "halted: no reboot will happen; `rollback` brings the saved guests back"
-                    .into(),
-            });
+            if matches!(
+                state.guests.get(&g.uuid),
+                Some(GuestState::Saved { .. } | GuestState::ShutDown | GuestState::Gone { .. })
+            ) {
+                log::warn!(
+                    "{}: stopped by this run, and running again: draining it again",
+                    g.name
+                );
+                self.record(
+                    run,
+                    Record::Done {
+                        uuid: g.uuid,
+                        step: Step::Outside,
+                        image: None,
+                        domid: Some(g.domid),
+                    },
+                )?;
+                if let Some(image) = state.images.get(&g.uuid) {
+                    guest::remove_image(image)?;
+                }
+            }
+            todo.push(ours.clone());
         }
-        Ok((id, run.into_state()?))
+        drop(configs);
+        files.commit()?;
+        for g in joined {
+            log::warn!("{}: started since the run began: taking it in", g.name);
+            self.record(run, Record::Joined { guest: g.clone() })?;
+            todo.push(g);
+        }
+        Ok(todo)
+    }
+
+    /// The end of a drain in which every step succeeded: if the host holds
+    /// nothing the run has not accounted for, the run is drained (or, its
+    /// patch already made, patched) again; otherwise it halts, naming them.
+    fn settle(&self, run: &Run) -> Result<()> {
+        let state = run.state()?;
+        if let Err(e) = self.refuse_strays(&state, "drain") {
+            if let SeqError::HostChanged { domains, .. } = &e {
+                self.record(
+                    run,
+                    Record::Halted {
+                        reason: format!("domains the run has not accounted for: {domains}"),
+                    },
+                )?;
+            }
+            return Err(e);
+        }
+        match (&state.patched_entry, state.phase) {
+            (None, Phase::Drained) | (Some(_), Phase::Patched) => Ok(()),
+            (None, _) => self.record(run, Record::Drained),
+            (Some(entry), _) => self.record(
+                run,
+                Record::Patched {
+                    entry: entry.clone(),
+                    fallback: state.fallback_entry.clone(),
+                },
+            ),
+        }
     }
 
     fn policy_rolls_back(&self) -> bool {
@@ -146,6 +251,9 @@ impl Sequencer<'_> {
     }
 
     /// Ok(false): this guest failed (recorded); Err: the run cannot go on.
+    /// A guest that stopped on its own before or during its step is left
+    /// stopped (recorded as gone); one that rebooted itself during its step
+    /// (a new domain, the same UUID) is taken once more.
     fn drain_guest(
         &self,
         run: &Run,
@@ -158,75 +266,133 @@ impl Sequencer<'_> {
             Action::Shutdown => Step::Shutdown,
             Action::Skip => return Ok(true),
         };
-        let domid = self.find(g.uuid)?.map(|d| d.domid);
-        self.record(
-            run,
-            Record::Begin {
-                uuid: g.uuid,
-                step,
-                observation: domid.map(|domid| self.observe(domid)),
-            },
-        )?;
-        let outcome = match domid {
-            None => Err(format!("{} is no longer running", g.name)),
-            Some(domid) => match step {
-                Step::Save => guest::save(
-                    self.ts,
-                    &DomainRef::Id(domid),
-                    &SaveOptions {
-                        out: Some(self.image_path(id, g.uuid)),
-                        image_dir: self.policy.image_dir.clone(),
-                        live: self.policy.live,
-                        then: if self.policy.leave_suspended {
-                            AfterSave::LeaveSuspended
-                        } else {
-                            AfterSave::Destroy
+        let mut retried = false;
+        let mut during = false;
+        loop {
+            let found = self.find(g.uuid)?;
+            let Some(domid) = found.as_ref().filter(|d| !stopped(d)).map(|d| d.domid) else {
+                return self.gone(run, id, g, during, found.is_some());
+            };
+            self.record(
+                run,
+                Record::Begin {
+                    uuid: g.uuid,
+                    step,
+                    observation: Some(self.observe(domid)),
+                },
+            )?;
+            let error = match self.step_once(id, g, step, domid, gate) {
+                Ok(image) => {
+                    self.record(
+                        run,
+                        Record::Done {
+                            uuid: g.uuid,
+                            step,
+                            image,
+                            domid: None,
                         },
-                        read_back: self.policy.read_back,
-                        gate,
-                        // The run's own image directory, made by this drain.
-                        fresh_dir: true,
-                    },
-                    &|_| {},
-                )
-                .map(|r| Some(r.image))
-                .map_err(|e| e.to_string()),
-                _ => guest::power(
-                    self.ts,
-                    &DomainRef::Id(domid),
-                    Request::Shutdown,
-                    &self.power,
-                )
-                .map(|_| None)
-                .map_err(|e| e.to_string()),
-            },
-        };
-        match outcome {
-            Ok(image) => {
-                self.record(
-                    run,
-                    Record::Done {
-                        uuid: g.uuid,
-                        step,
-                        image,
-                        domid: None,
-                    },
-                )?;
-                Ok(true)
-            }
-            Err(error) => {
-                log::error!("{}: {error}", g.name);
-                self.record(
-                    run,
-                    Record::Failed {
-                        uuid: g.uuid,
-                        step,
-                        error,
-                    },
-                )?;
-                Ok(false)
+                    )?;
+                    return Ok(true);
+                }
+                Err(error) => error,
+            };
+            // Look again: the guest may have stopped, or rebooted itself
+            // (a new domain with its UUID), during the step.
+            during = true;
+            match self.find(g.uuid)? {
+                Some(d) if !stopped(&d) && (d.domid == domid || retried) => {
+                    return self.failed(run, g, step, error);
+                }
+                Some(d) if !stopped(&d) => {
+                    log::warn!(
+                        "{}: rebooted itself during its {step:?} ({error}): once more",
+                        g.name
+                    );
+                    retried = true;
+                }
+                // Stopped or gone: the next look finds it so.
+                _ => {}
             }
         }
+    }
+
+    fn step_once(
+        &self,
+        id: &str,
+        g: &PlannedGuest,
+        step: Step,
+        domid: DomId,
+        gate: Option<&dyn PauseGate>,
+    ) -> std::result::Result<Option<PathBuf>, String> {
+        match step {
+            Step::Save => guest::save(
+                self.ts,
+                &DomainRef::Id(domid),
+                &SaveOptions {
+                    out: Some(self.image_path(id, g.uuid)),
+                    image_dir: self.policy.image_dir.clone(),
+                    live: self.policy.live,
+                    then: if self.policy.leave_suspended {
+                        AfterSave::LeaveSuspended
+                    } else {
+                        AfterSave::Destroy
+                    },
+                    read_back: self.policy.read_back,
+                    gate,
+                    // The run's own image directory, made by this drain.
+                    fresh_dir: true,
+                },
+                &|_| {},
+            )
+            .map(|r| Some(r.image))
+            .map_err(|e| e.to_string()),
+            _ => guest::power(
+                self.ts,
+                &DomainRef::Id(domid),
+                Request::Shutdown,
+                &self.power,
+            )
+            .map(|_| None)
+            .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The guest is not running (gone, or shut down). A save of it that got
+    /// as far as its manifest holds it (the run was the one to stop it):
+    /// that counts as its save. Otherwise it stopped on its own, before or
+    /// during its step: nothing runs that a reboot would lose, and it is
+    /// left stopped, as its owner or someone on the host left it.
+    fn gone(
+        &self,
+        run: &Run,
+        id: &str,
+        g: &PlannedGuest,
+        during: bool,
+        present: bool,
+    ) -> Result<bool> {
+        if during
+            && g.action == Action::Save
+            && self
+                .finish_cut_save(run, g, &self.policy.image_dir)?
+                .is_some()
+        {
+            return Ok(true);
+        }
+        let how = match (during, present) {
+            (false, false) => "was gone before its step (shut down on its own, or destroyed)",
+            (false, true) => "was shut down before its step",
+            (true, false) => "went away during its step (shut down on its own, or destroyed)",
+            (true, true) => "shut down during its step",
+        };
+        log::warn!("{}: {how}: left stopped (run {id})", g.name);
+        self.record(
+            run,
+            Record::Gone {
+                uuid: g.uuid,
+                how: how.into(),
+            },
+        )?;
+        Ok(true)
     }
 
     /// Where a running guest answers and what its disks are, from every
@@ -245,6 +411,16 @@ impl Sequencer<'_> {
     /// chosen name, and per run, so runs never collide.
     fn image_path(&self, run: &str, uuid: Uuid) -> PathBuf {
         self.policy.image_dir.join(run).join(format!("{uuid}.xl"))
+    }
+}
+
+/// Shut down (not suspended: a suspended guest is mid-save) or dying:
+/// nothing left to save.
+fn stopped(d: &DomainInfo) -> bool {
+    match d.state {
+        DomainState::Shutdown => d.shutdown_reason != Some(ShutdownReason::Suspend),
+        DomainState::Dying => true,
+        _ => false,
     }
 }
 

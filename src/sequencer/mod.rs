@@ -10,6 +10,7 @@
 //! this one holds what they share: the run's journal and state, the lock,
 //! the failpoints, and the loop that works on every guest.
 
+mod accounting;
 mod drain;
 mod lanes;
 mod prune;
@@ -93,6 +94,12 @@ pub enum SeqError {
          `xenmaint status` shows where, `resume` or `rollback` goes on from there"
     )]
     Interrupted(Phase),
+    #[error(
+        "{step} refused: the host holds domain(s) that the run has not accounted for and a \
+         reboot would lose: {domains}. Nothing was changed: `xenmaint drain` takes them into the \
+         run (or stop them), `xenmaint rollback` ends it"
+    )]
+    HostChanged { step: &'static str, domains: String },
     /// A failpoint fired: the run stops as if the process had died here.
     #[error("simulated crash at {0}")]
     Crashed(String),
@@ -306,6 +313,20 @@ impl<'a> Sequencer<'a> {
             })?;
         }
         Ok(HostLock::acquire(&self.lock_path, what)?)
+    }
+
+    /// A guest's step failed: logged and journaled; the run goes on (Ok(false)).
+    fn failed(&self, run: &Run, g: &PlannedGuest, step: Step, error: String) -> Result<bool> {
+        log::error!("{}: {error}", g.name);
+        self.record(
+            run,
+            Record::Failed {
+                uuid: g.uuid,
+                step,
+                error,
+            },
+        )?;
+        Ok(false)
     }
 
     fn hypervisor(&self) -> Result<Hypervisor> {

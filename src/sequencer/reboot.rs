@@ -22,6 +22,7 @@ impl Sequencer<'_> {
                 want: "drained",
             });
         }
+        self.refuse_strays(&run.state()?, "patch")?;
         let default = self.boot.default_entry()?;
         let current = match &default {
             Some(d) => self.boot.find(d)?,
@@ -80,6 +81,8 @@ impl Sequencer<'_> {
                 want: "drained (and patched)",
             });
         }
+        // Under the lock, right before the reboot's record: the last look.
+        self.refuse_strays(&run.state()?, "reboot")?;
         let patched = phase == Phase::Patched;
         let expect_build_id = match (&patched_entry, patched) {
             (Some(entry), true) => self.boot.build_id_of(entry)?,

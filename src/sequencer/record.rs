@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 use crate::domain::{DomId, Uuid};
 use crate::image::DiskIdentity;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Plan, PlannedGuest};
 
 /// A guest as it was before its step: where it answered and what its disks
 /// were, to be checked once it is back.
@@ -51,6 +51,9 @@ pub enum Step {
     /// The guest never stopped (not drained yet, or its save failed and it
     /// was resumed): back without a step of its own.
     Kept,
+    /// Stopped by the run, then started again by someone else (restored or
+    /// created by hand): running, but not by this run's doing.
+    Outside,
 }
 
 /// A journal record. Every step is recorded before (`Begin`) and after
@@ -115,6 +118,17 @@ pub enum Record {
     Finished {
         outcome: Outcome,
     },
+    /// A guest that was not running when the run began, taken in by a
+    /// later `drain` of the same run.
+    Joined {
+        guest: PlannedGuest,
+    },
+    /// A guest that stopped on its own (shut down, or destroyed by someone)
+    /// before the run got to it: left stopped, not brought back.
+    Gone {
+        uuid: Uuid,
+        how: String,
+    },
 }
 
 /// How a record is read. serde reads an internally tagged enum (as the
@@ -139,6 +153,8 @@ enum Kind {
     Booted,
     Halted,
     Finished,
+    Joined,
+    Gone,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +179,8 @@ struct Fields {
     patch_took: Option<bool>,
     reason: Option<String>,
     outcome: Option<Outcome>,
+    guest: Option<PlannedGuest>,
+    how: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Record {
@@ -221,6 +239,13 @@ impl<'de> Deserialize<'de> for Record {
             Kind::Finished => Record::Finished {
                 outcome: need(f.outcome, "outcome")?,
             },
+            Kind::Joined => Record::Joined {
+                guest: need(f.guest, "guest")?,
+            },
+            Kind::Gone => Record::Gone {
+                uuid: need(f.uuid, "uuid")?,
+                how: need(f.how, "how")?,
+            },
         })
     }
 }
@@ -258,6 +283,10 @@ pub enum GuestState {
     Failed {
         step: Step,
         error: String,
+    },
+    /// Stopped on its own before its step: left stopped.
+    Gone {
+        how: String,
     },
 }
 
@@ -325,6 +354,8 @@ impl Record {
             Record::Booted { .. } => "booted",
             Record::Halted { .. } => "halted",
             Record::Finished { .. } => "finished",
+            Record::Joined { .. } => "joined",
+            Record::Gone { .. } => "gone",
         }
     }
 }
@@ -469,6 +500,13 @@ impl RunState {
                 self.phase = Phase::Finished;
                 self.outcome = Some(outcome);
             }
+            Record::Joined { guest } => {
+                self.guests.insert(guest.uuid, GuestState::Pending);
+                self.plan.guests.push(guest);
+            }
+            Record::Gone { uuid, how } => {
+                self.guests.insert(uuid, GuestState::Gone { how });
+            }
         }
     }
 
@@ -517,7 +555,6 @@ mod tests {
     use crate::address::{Address, Source};
     use crate::domain::PhysInfo;
     use crate::image::DiskKind;
-    use crate::plan::PlannedGuest;
 
     #[test]
     fn a_replayed_plan_holds_the_same_floats() {
@@ -566,6 +603,7 @@ mod tests {
             findings: Vec::new(),
         };
         let step = Step::Save;
+        let guest = plan.guests[0].clone();
         vec![
             Record::Started {
                 plan: Box::new(plan),
@@ -641,6 +679,17 @@ mod tests {
             },
             Record::Finished {
                 outcome: Outcome::Resumed,
+            },
+            Record::Joined { guest },
+            Record::Gone {
+                uuid,
+                how: "shut down on its own".into(),
+            },
+            Record::Done {
+                uuid,
+                step: Step::Outside,
+                image: None,
+                domid: Some(9),
             },
         ]
     }

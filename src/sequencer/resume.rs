@@ -265,14 +265,24 @@ impl Sequencer<'_> {
             );
             image = None;
         }
+        if let GuestState::Gone { .. } = st {
+            // It stopped on its own during the drain and stays as its owner
+            // left it, unless someone has started it since.
+            if let Some(d) =
+                found.filter(|d| matches!(d.state, DomainState::Running | DomainState::Blocked))
+            {
+                self.record(run, back(g.uuid, Step::Outside, d.domid))?;
+            }
+            return Ok(true);
+        }
         // What is really there decides, whatever the journal last said.
         match found {
             Some(d) if matches!(d.state, DomainState::Running | DomainState::Blocked) => {
                 let how = match st {
                     GuestState::Back { .. } => return Ok(true),
-                    // Stopped by the run, then brought back by someone else.
-                    GuestState::Saved { .. } => Step::Restore,
-                    GuestState::ShutDown => Step::ColdBoot,
+                    // Stopped by the run, then started by someone else
+                    // (restored or created by hand): not restored again.
+                    GuestState::Saved { .. } | GuestState::ShutDown => Step::Outside,
                     _ => Step::Kept,
                 };
                 self.record(run, back(g.uuid, how, d.domid))?;
@@ -299,6 +309,31 @@ impl Sequencer<'_> {
         // streams it (structure, then checksum before the guest is unpaused),
         // and a second full read per guest after a cold boot is downtime.
         let image = image.filter(|p| p.is_file());
+        // Someone has started a domain under its name (another UUID: the one
+        // with its UUID was seen above): bringing it back would make two
+        // domains of one guest, with its disks in both.
+        if let Some(other) = self
+            .ts
+            .list_domains()?
+            .into_iter()
+            .find(|d| d.name == g.name && d.uuid != g.uuid)
+        {
+            let step = if image.is_some() {
+                Step::Restore
+            } else {
+                Step::ColdBoot
+            };
+            return self.failed(
+                run,
+                g,
+                step,
+                format!(
+                    "not brought back: domain {} ({}) already runs under its name; stop it, \
+                     then `xenmaint resume`",
+                    other.domid, other.uuid
+                ),
+            );
+        }
         if let Some(image) = image {
             self.record(
                 run,
@@ -342,18 +377,12 @@ impl Sequencer<'_> {
                 self.record(run, back(g.uuid, Step::ColdBoot, domid))?;
                 Ok(true)
             }
-            Err(e) => {
-                log::error!("{}: cannot be brought back: {e}", g.name);
-                self.record(
-                    run,
-                    Record::Failed {
-                        uuid: g.uuid,
-                        step: Step::ColdBoot,
-                        error: e.to_string(),
-                    },
-                )?;
-                Ok(false)
-            }
+            Err(e) => self.failed(
+                run,
+                g,
+                Step::ColdBoot,
+                format!("cannot be brought back: {e}"),
+            ),
         }
     }
 
@@ -363,7 +392,7 @@ impl Sequencer<'_> {
     /// guest, and its Done record is written now, so that the image counts
     /// as the run's (restored from again after another cut, deleted with
     /// the run's images). Without that manifest the save never finished.
-    fn finish_cut_save(
+    pub(super) fn finish_cut_save(
         &self,
         run: &Run,
         g: &PlannedGuest,

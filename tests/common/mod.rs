@@ -1,5 +1,7 @@
 //! What the simulator tests share.
 
+pub mod run;
+
 use std::path::Path;
 
 use serde_json::Value;
