@@ -12,7 +12,7 @@ nested_marker() {
   local event=$1; shift
   local line="@@NESTED-XEN@@ boot=${NESTED_BOOT:-0} event=$event $*"
   echo "$line" > /dev/console 2>/dev/null || echo "$line"
-  echo "$(date +%T) $line" >> "$NESTED_RESULTS/markers.log" 2>/dev/null || true
+  printf "%(%T)T %s\n" -1 "$line" >> "$NESTED_RESULTS/markers.log" 2>/dev/null || true
 }
 nested_log() { echo "nested: $*"; }
 
