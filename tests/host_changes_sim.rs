@@ -58,6 +58,26 @@ fn copies(ts: &dyn Toolstack, uuid: Uuid) -> usize {
         .count()
 }
 
+/// Drains `ts` (one run, `lanes` at a time), then restores web-1 from the
+/// run's image of it, as an administrator's `xl restore` would. Returns
+/// web-1's UUID.
+fn drained_then_web_restored_by_hand(
+    ts: &Sim,
+    boot: &dyn BootLoader,
+    dir: &Path,
+    lanes: usize,
+) -> Uuid {
+    let web = uuid_of(ts, "web-1");
+    let (_, state) = seq(ts, boot, dir, policy(dir, lanes), &never)
+        .drain()
+        .unwrap();
+    let Some(GuestState::Saved { image }) = state.guests.get(&web) else {
+        panic!("web-1 not saved: {:?}", state.guests.get(&web))
+    };
+    guest::restore(ts, image, &RestoreOptions { paused: false }, &|_| {}).unwrap();
+    web
+}
+
 fn refused(r: Result<impl std::fmt::Debug, SeqError>, step: &str, naming: &str) {
     match r {
         Err(e @ SeqError::HostChanged { .. }) => {
@@ -150,15 +170,9 @@ fn a_saved_guest_restored_by_hand_blocks_the_reboot_and_is_not_restored_again() 
     let h = host(t.path());
     let ts = Sim::new(h.clone()).unwrap();
     let want = guests(&ts);
-    let web = uuid_of(&ts, "web-1");
     let boot = boot_loader();
+    let web = drained_then_web_restored_by_hand(&ts, &boot, t.path(), 2);
     let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
-    let (_, state) = s.drain().unwrap();
-    let Some(GuestState::Saved { image }) = state.guests.get(&web) else {
-        panic!("web-1 not saved: {state:?}")
-    };
-    // An administrator restores it by hand, as with `xl restore`.
-    guest::restore(&ts, image, &RestoreOptions { paused: false }, &|_| {}).unwrap();
     refused(s.reboot("true", None), "reboot", "\"web-1\"");
     assert!(
         refused_text(s.reboot("true", None)).contains("running again"),
@@ -188,14 +202,9 @@ fn a_saved_guest_restored_by_hand_is_saved_again_by_the_next_drain_and_restored_
     let h = host(t.path());
     let ts = Sim::new(h.clone()).unwrap();
     let want = guests(&ts);
-    let web = uuid_of(&ts, "web-1");
     let boot = boot_loader();
+    let web = drained_then_web_restored_by_hand(&ts, &boot, t.path(), 2);
     let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
-    let (_, state) = s.drain().unwrap();
-    let Some(GuestState::Saved { image }) = state.guests.get(&web).cloned() else {
-        panic!("web-1 not saved")
-    };
-    guest::restore(&ts, &image, &RestoreOptions { paused: false }, &|_| {}).unwrap();
     refused(s.patch("true", "xen-new"), "patch", "\"web-1\"");
     let (_, state) = s.drain().unwrap();
     assert_eq!(state.phase, Phase::Drained);
@@ -349,12 +358,7 @@ fn changed_after_drain(
     boot: &dyn BootLoader,
 ) -> std::collections::BTreeMap<String, (Uuid, Vec<String>)> {
     let mut want = guests(ts);
-    let web = uuid_of(ts, "web-1");
-    let (_, state) = seq(ts, boot, dir, policy(dir, 1), &never).drain().unwrap();
-    let Some(GuestState::Saved { image }) = state.guests.get(&web) else {
-        panic!("web-1 not saved")
-    };
-    guest::restore(ts, image, &RestoreOptions { paused: false }, &|_| {}).unwrap();
+    drained_then_web_restored_by_hand(ts, boot, dir, 1);
     start_newcomer(ts, h, dir, "late-1");
     want.extend(guests(ts));
     want
