@@ -6,6 +6,7 @@
 //! runs twice.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use xenmaint::boot::BootLoader;
 use xenmaint::domain::{DomId, DomainState, Uuid};
@@ -417,4 +418,38 @@ fn a_crash_at_any_journal_write_of_a_drain_that_takes_guests_in_loses_no_guest()
             assert_all_back(&host_now, &want, &ctx);
         }
     }
+}
+
+#[test]
+fn a_guest_paused_by_hand_mid_drain_is_saved_like_the_others() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let web = uuid_of(&ts, "web-1");
+    let first = AtomicBool::new(true);
+    let boot = boot_loader();
+    // Someone pauses web-1 (`xl pause`) while the drain saves another guest.
+    let f = |at: &str| {
+        if at.starts_with("after begin Save")
+            && !at.ends_with(&web.to_string())
+            && first.swap(false, Ordering::SeqCst)
+        {
+            ts.pause(ts.find_uuid(web).unwrap().unwrap().domid).unwrap();
+        }
+        false
+    };
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &f);
+    let (_, state) = s.drain().unwrap();
+    assert!(!first.load(Ordering::SeqCst), "the pause happened");
+    assert!(matches!(
+        state.guests.get(&web),
+        Some(GuestState::Saved { .. })
+    ));
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    seq(&after, &boot, t.path(), policy(t.path(), 1), &never)
+        .resume()
+        .unwrap();
+    assert_all_back(&after, &want, "after resume");
 }
