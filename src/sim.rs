@@ -543,6 +543,14 @@ impl Toolstack for Sim {
                     code: xenlight_sys::ERROR_FAIL,
                 });
             }
+            // A paused PV guest cannot answer the suspend request: libxl
+            // waits for it, then gives up (as on the nested Xen host).
+            if d.detail.info.state == DomainState::Paused && d.detail.info.dtype == DomainType::Pv {
+                return Err(ToolstackError::Libxl {
+                    call: "libxl_domain_suspend",
+                    code: xenlight_sys::ERROR_GUEST_TIMEDOUT,
+                });
+            }
             Ok(d.detail.info.uuid)
         })?;
         // Built and sent without the host's lock, as libxl streams one
@@ -576,6 +584,13 @@ impl Toolstack for Sim {
     fn resume(&self, domid: DomId) -> Result<()> {
         self.with(Call::Resume, Some(domid), |h| {
             let d = find(h, domid)?;
+            // libxl resumes a suspended guest; one merely paused it refuses.
+            if d.detail.info.state == DomainState::Paused {
+                return Err(ToolstackError::Libxl {
+                    call: "libxl_domain_resume",
+                    code: xenlight_sys::ERROR_FAIL,
+                });
+            }
             d.detail.info.state = DomainState::Running;
             d.detail.info.shutdown_reason = None;
             Ok(())

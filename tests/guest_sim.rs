@@ -197,6 +197,30 @@ fn a_failed_save_resumes_the_guest_and_leaves_no_image() {
 }
 
 #[test]
+fn a_paused_guest_whose_save_fails_is_said_paused_and_left_so() {
+    // A paused PV guest cannot answer the suspend request (libxl times out):
+    // the message says it is paused, not "suspended", and nothing resumes it.
+    let t = tempfile::tempdir().unwrap();
+    let ts = sim(t.path());
+    let domid = ts.resolve(&name("web-1")).unwrap().domid;
+    ts.pause(domid).unwrap();
+    let e = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            OpError::SaveFailed {
+                outcome: Recovery::Paused,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("paused, not suspended"), "{e}");
+    assert_eq!(state(&ts, "web-1"), Some(DomainState::Paused));
+    assert_eq!(files(&t.path().join("images")), Vec::<PathBuf>::new());
+}
+
+#[test]
 fn a_failed_resume_is_reported_and_nothing_is_destroyed() {
     let t = tempfile::tempdir().unwrap();
     let ts = sim(t.path());

@@ -89,12 +89,18 @@ pub enum Recovery {
     /// The guest shut down on its own, or is gone: not resumed (a resume
     /// would undo its own shutdown).
     Stopped,
+    /// The guest is paused (by someone), not suspended: left paused.
+    Paused,
 }
 
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Recovery::Resumed => f.write_str("the guest was resumed and keeps running"),
+            Recovery::Paused => f.write_str(
+                "the guest is paused, not suspended (a paused PV guest cannot answer the \
+                 suspend request): left paused, its memory intact; `xl unpause` it to go on",
+            ),
             Recovery::Stopped => f.write_str(
                 "the guest shut down on its own or is gone, and was left so (not resumed)",
             ),

@@ -361,14 +361,10 @@ pub fn save(
                 let _ = std::fs::remove_file(&image);
                 let _ = std::fs::remove_file(manifest_path(&image));
             }
-            let outcome = if stopped_on_its_own(ts, &info) {
-                Recovery::Stopped
-            } else {
-                match ts.resume(info.domid) {
-                    Ok(()) => Recovery::Resumed,
-                    Err(e) => Recovery::ResumeFailed(e),
-                }
-            };
+            let outcome = not_to_resume(ts, &info).unwrap_or_else(|| match ts.resume(info.domid) {
+                Ok(()) => Recovery::Resumed,
+                Err(e) => Recovery::ResumeFailed(e),
+            });
             return Err(OpError::SaveFailed {
                 name: info.name,
                 cause: Box::new(cause),
@@ -427,24 +423,27 @@ fn read_back(image: &Path) -> Result<image::Verified, OpError> {
     Ok(image::verify_reader(file, image::Checksum::new())?)
 }
 
-/// Whether the guest, during a save that failed, shut down by itself
-/// (poweroff, reboot, crash) or went away. Xen's resume clears any
-/// shutdown, so resuming such a guest would run it on past its own
-/// shutdown. When the toolstack cannot say, it is resumed as before.
-fn stopped_on_its_own(ts: &dyn Toolstack, info: &DomainInfo) -> bool {
-    let Ok(domains) = ts.list_domains() else {
-        return false;
-    };
-    match domains
+/// After a failed save, what the hypervisor says of the guest, when that
+/// rules a resume out: it shut down by itself (poweroff, reboot, crash) or
+/// went away (Xen's resume clears any shutdown: resuming would run it on
+/// past its own), or it is paused, not suspended (a paused PV guest cannot
+/// answer the suspend request; there is nothing to resume). None: resume
+/// it, as when the toolstack cannot say.
+fn not_to_resume(ts: &dyn Toolstack, info: &DomainInfo) -> Option<Recovery> {
+    let domains = ts.list_domains().ok()?;
+    let Some(d) = domains
         .iter()
         .find(|d| d.domid == info.domid && d.uuid == info.uuid)
-    {
-        None => true,
-        Some(d) => match d.state {
-            DomainState::Dying | DomainState::Crashed => true,
-            DomainState::Shutdown => d.shutdown_reason != Some(ShutdownReason::Suspend),
-            _ => false,
-        },
+    else {
+        return Some(Recovery::Stopped);
+    };
+    match d.state {
+        DomainState::Dying | DomainState::Crashed => Some(Recovery::Stopped),
+        DomainState::Shutdown if d.shutdown_reason != Some(ShutdownReason::Suspend) => {
+            Some(Recovery::Stopped)
+        }
+        DomainState::Paused => Some(Recovery::Paused),
+        _ => None,
     }
 }
 

@@ -297,6 +297,30 @@ impl Sequencer<'_> {
                 }
                 self.ts.destroy(d.domid)?;
             }
+            // Paused, and not built by a restore or cold boot of this run
+            // (begun, or failed at its unpause): the guest itself, paused by someone (its save may have failed on
+            // that), or one started paused by hand. It holds its memory
+            // state: left as it is, never destroyed.
+            Some(d)
+                if d.state == DomainState::Paused
+                    && !matches!(
+                        st,
+                        GuestState::InStep {
+                            step: Step::Restore | Step::ColdBoot
+                        } | GuestState::Failed {
+                            step: Step::Restore | Step::ColdBoot,
+                            ..
+                        }
+                    ) =>
+            {
+                let how = match st {
+                    GuestState::Saved { .. } | GuestState::ShutDown => Step::Outside,
+                    _ => Step::Kept,
+                };
+                log::warn!("{}: paused; left as it is", g.name);
+                self.record(run, back(g.uuid, how, d.domid))?;
+                return Ok(true);
+            }
             // Half-built (paused after a restore the run did not finish) or
             // shut down: start again from the image or the config.
             Some(d) => self.ts.destroy(d.domid)?,
