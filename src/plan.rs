@@ -430,6 +430,15 @@ fn survey(
             ));
             action = Action::Skip;
         }
+        if info.state == DomainState::Paused && action != Action::Skip {
+            findings.push(finding(
+                Severity::Error,
+                "is paused: a paused guest cannot answer a suspend or shutdown request, so it \
+                 can be neither saved nor shut down as it is: unpause it (`xl unpause`), or give \
+                 it action \"skip\" (the reboot then stops it)"
+                    .into(),
+            ));
+        }
         let config = detail.config.as_ref();
         if action != Action::Skip && config.is_none() {
             findings.push(finding(
@@ -630,6 +639,38 @@ mod tests {
         assert!(p.space_needed > (256 + 512) << 20);
         assert!(p.est_drain_s > 0.0 && p.est_resume_s > 0.0);
         assert!(!p.blocked(), "{:?}", p.findings);
+    }
+
+    /// A paused guest can answer neither a suspend nor a shutdown request:
+    /// the plan blocks on it, naming it and the way out, unless the policy
+    /// skips it.
+    #[test]
+    fn a_paused_guest_blocks_the_plan_unless_skipped() {
+        let ts = example();
+        let web = ts.resolve(&"web-1".parse().unwrap()).unwrap().domid;
+        ts.pause(web).unwrap();
+        let p = plan(&ts, &Policy::default(), &roomy()).unwrap();
+        assert!(p.blocked());
+        let f = p
+            .findings
+            .iter()
+            .find(|f| f.severity == Severity::Error)
+            .unwrap();
+        assert_eq!(f.guest.as_deref(), Some("web-1"));
+        assert!(
+            f.message.contains("is paused") && f.message.contains("xl unpause"),
+            "{}",
+            f.message
+        );
+        let mut policy = Policy::default();
+        policy.guests.insert(
+            "web-1".into(),
+            GuestPolicy {
+                action: Some(Action::Skip),
+                priority: 0,
+            },
+        );
+        assert!(!plan(&ts, &policy, &roomy()).unwrap().blocked());
     }
 
     /// The drain writes the configs the plan read: each beside its own

@@ -49,6 +49,11 @@ pub enum OpError {
     Dom0(&'static str),
     #[error("domain {0} has no libxl configuration (libxl did not create it): it cannot be saved")]
     NoConfig(String),
+    #[error(
+        "refusing to save {0}: it is paused, and a paused guest cannot answer the suspend \
+         request (libxl would wait for it, then fail); `xl unpause {0}` first"
+    )]
+    Paused(String),
     #[error("saving {name} failed: {cause}; {outcome}")]
     SaveFailed {
         name: String,

@@ -222,6 +222,9 @@ pub fn save(
     if info.domid == 0 {
         return Err(OpError::Dom0("save"));
     }
+    if info.state == DomainState::Paused {
+        return Err(OpError::Paused(info.name));
+    }
     let (detail, config) = ts.domain_detail_text(info.domid)?;
     let config = config.ok_or_else(|| OpError::NoConfig(info.name.clone()))?;
     let hv = ts.version()?;
@@ -451,6 +454,28 @@ fn not_to_resume(ts: &dyn Toolstack, info: &DomainInfo) -> Option<Recovery> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// After a failed save, the guest's state read back decides: paused or
+    /// stopped on its own, it is not resumed; running or suspended, it is.
+    #[test]
+    fn a_failed_save_resumes_only_a_guest_that_is_running_or_suspended() {
+        use crate::sim::Sim;
+        use crate::toolstack::Request;
+        let ts = Sim::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"))
+            .unwrap();
+        let info = |name: &str| ts.resolve(&name.parse().unwrap()).unwrap();
+        let (web, db, cache) = (info("web-1"), info("db-1"), info("cache-1"));
+        assert!(not_to_resume(&ts, &web).is_none(), "running: resumed");
+        ts.pause(web.domid).unwrap();
+        assert!(matches!(not_to_resume(&ts, &web), Some(Recovery::Paused)));
+        ts.request(db.domid, Request::Shutdown).unwrap();
+        assert!(matches!(not_to_resume(&ts, &db), Some(Recovery::Stopped)));
+        ts.destroy(cache.domid).unwrap();
+        assert!(matches!(
+            not_to_resume(&ts, &cache),
+            Some(Recovery::Stopped)
+        ));
+    }
 
     struct CountingGate(AtomicUsize);
 
