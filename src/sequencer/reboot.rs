@@ -1,7 +1,7 @@
 //! Patch and reboot: keep the running hypervisor bootable, run the patch
 //! command, reboot. Its own file as the phases that run the administrator's commands.
 
-use super::{Phase, Record, Result, SeqError, Sequencer};
+use super::{Phase, Record, Result, Run, RunState, SeqError, Sequencer};
 
 /// Boot entries xenmaint adds to keep a hypervisor bootable.
 const FALLBACK_PREFIX: &str = "xenmaint-fallback-";
@@ -12,17 +12,8 @@ impl Sequencer<'_> {
     /// a patched one that does not boot falls back to it.
     pub fn patch(&self, command: &str, entry: &str) -> Result<()> {
         let _lock = self.lock("patch")?;
-        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("patch"))?;
-        let (phase, release) = run.read(|s| (s.phase, s.hypervisor_before.release.clone()))?;
-        if phase != Phase::Drained && phase != Phase::Patched {
-            return Err(SeqError::WrongPhase {
-                run: id,
-                phase,
-                verb: "patch",
-                want: "drained",
-            });
-        }
-        self.refuse_strays(&run.state()?, "patch")?;
+        let (run, state) = self.drained_run("patch", "drained")?;
+        let release = state.hypervisor_before.release;
         let default = self.boot.default_entry()?;
         let current = match &default {
             Some(d) => self.boot.find(d)?,
@@ -65,25 +56,11 @@ impl Sequencer<'_> {
     /// Records what should boot, then reboots the host with `command`.
     pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
         let lock = self.lock("reboot")?;
-        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun("reboot"))?;
-        let (phase, patched_entry, build_id_before) = run.read(|s| {
-            (
-                s.phase,
-                s.patched_entry.clone(),
-                s.hypervisor_before.build_id.clone(),
-            )
-        })?;
-        if phase != Phase::Patched && phase != Phase::Drained {
-            return Err(SeqError::WrongPhase {
-                run: id,
-                phase,
-                verb: "reboot",
-                want: "drained (and patched)",
-            });
-        }
         // Under the lock, right before the reboot's record: the last look.
-        self.refuse_strays(&run.state()?, "reboot")?;
-        let patched = phase == Phase::Patched;
+        let (run, state) = self.drained_run("reboot", "drained (and patched)")?;
+        let (patched_entry, build_id_before) =
+            (state.patched_entry, state.hypervisor_before.build_id);
+        let patched = state.phase == Phase::Patched;
         let expect_build_id = match (&patched_entry, patched) {
             (Some(entry), true) => self.boot.build_id_of(entry)?,
             _ => None,
@@ -99,6 +76,23 @@ impl Sequencer<'_> {
         drop(lock);
         nix::unistd::sync();
         run_command("reboot command", command)
+    }
+
+    /// The current run, for a step that needs it drained (or patched) and
+    /// the host holding nothing it has not accounted for.
+    fn drained_run(&self, verb: &'static str, want: &'static str) -> Result<(Run, RunState)> {
+        let (id, run) = self.open_current()?.ok_or(SeqError::NoRun(verb))?;
+        let state = run.state()?;
+        if state.phase != Phase::Drained && state.phase != Phase::Patched {
+            return Err(SeqError::WrongPhase {
+                run: id,
+                phase: state.phase,
+                verb,
+                want,
+            });
+        }
+        self.refuse_strays(&state, verb)?;
+        Ok((run, state))
     }
 }
 
