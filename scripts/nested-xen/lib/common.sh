@@ -33,14 +33,22 @@ nx_die() { nx_log "ERROR: $*"; exit 1; }
 # nx_image_path TEXT: TEXT, build-image's standard output, is one line naming an existing file.
 nx_image_path() { [ -n "$1" ] && [ "$(printf '%s\n' "$1" | wc -l)" = 1 ] && [ -f "$1" ]; }
 
-# nx_vm_lock: take the one-nested-VM-per-machine lock on fd 8 (held until the process and
-# its children are gone), waiting for another run if it must.
+# nx_vm_lock: take one of the NESTED_XEN_JOBS (default 1) nested-VM slots of this machine
+# on fd 8 (held until the process and its children are gone), waiting for one if it must.
 nx_vm_lock() {
-  local lock=/run/lock/xenmaint-nested-xen.lock t=$SECONDS
-  [ -w /run/lock ] || lock=$NX_CACHE/run.lock
-  exec 8>>"$lock"
-  flock -n 8 && return 0
-  nx_log "another nested-xen run holds $lock: waiting for it"
-  flock 8
-  nx_log "timing: waited $((SECONDS - t)) s for the other run"
+  local base=/run/lock/xenmaint-nested-xen.lock n=${NESTED_XEN_JOBS:-1} k t=$SECONDS waited=0
+  [ -w /run/lock ] || base=$NX_CACHE/run.lock
+  while :; do
+    for ((k = 0; k < n; k++)); do
+      exec 8>>"$base.$k"
+      if flock -n 8; then
+        [ "$waited" = 0 ] || nx_log "timing: waited $((SECONDS - t)) s for a nested-VM slot"
+        return 0
+      fi
+      exec 8>&-
+    done
+    [ "$waited" = 1 ] || nx_log "all $n nested-VM slot(s) of this machine are taken ($base.*): waiting"
+    waited=1
+    sleep 2
+  done
 }

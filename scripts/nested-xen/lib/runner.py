@@ -322,8 +322,6 @@ class Run:
         qemu.wait()
         killer.cancel()
         shutil.rmtree(os.path.dirname(self.qmp_path), ignore_errors=True)
-        if slow:
-            os.rmdir(slow[1])
         mark(f"qemu exited rc={qemu.returncode}")
         serial.close()
         serial_t.close()
@@ -446,12 +444,15 @@ class Qmp:
 def slow_cgroup(factor):
     """NESTED_XEN_SLOW=F: a CPU cgroup that gives QEMU 1/F of this machine's CPUs, to see
     the suite on a slow day (the same machine kind has run 1.5 to 3.5 times slower on some
-    days). Returns (the cgroup's cgroup.procs file, its folder), or None for F <= 1."""
+    days). One cgroup for every nested VM of the machine: the suite's lanes share that
+    third, as they would share a slow machine (left in place: a lane may be joining it).
+    Returns (the cgroup's cgroup.procs file,
+    its folder), or None for F <= 1."""
     if factor <= 1:
         return None
     period = 100000
     quota = int(os.cpu_count() * period / factor)
-    name = f"nested-xen-slow-{os.getpid()}"
+    name = "nested-xen-slow"
     v1 = "/sys/fs/cgroup/cpu"
     if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")):   # cgroup v1's cpu controller
         d = os.path.join(v1, name)
