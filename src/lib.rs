@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod boot;
 pub mod buildid;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod domain;
 pub mod durable;

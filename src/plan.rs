@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::condition::Condition;
 use crate::domain::{DomId, DomainDetail, DomainState, HypervisorVersion, Nic, PhysInfo, Uuid};
 use crate::toolstack::{Result, Toolstack};
 
@@ -334,6 +335,11 @@ pub struct PlannedGuest {
     pub uuid: Uuid,
     pub domid: DomId,
     pub action: Action,
+    /// What it is now (anything but saveable blocks the plan unless its
+    /// action is skip; a guest without suspend support may be shut down).
+    /// Journals written before it was recorded read as saveable.
+    #[serde(default)]
+    pub condition: Condition,
     pub priority: i32,
     /// Position in the drain (1 = first); restores go the other way.
     pub order: usize,
@@ -411,7 +417,7 @@ fn survey(
             .guests
             .get(&info.name)
             .or_else(|| policy.guests.get(&info.uuid.to_string()));
-        let mut action = chosen
+        let action = chosen
             .and_then(|g| g.action)
             .unwrap_or(policy.default_action);
         let priority = chosen.map_or(0, |g| g.priority);
@@ -420,24 +426,13 @@ fn survey(
             guest: Some(info.name.clone()),
             message,
         };
-        if matches!(
-            info.state,
-            DomainState::Shutdown | DomainState::Crashed | DomainState::Dying
-        ) {
-            findings.push(finding(
-                Severity::Warning,
-                format!("is {}: left alone", info.state),
-            ));
-            action = Action::Skip;
-        }
-        if info.state == DomainState::Paused && action != Action::Skip {
-            findings.push(finding(
-                Severity::Error,
-                "is paused: a paused guest cannot answer a suspend or shutdown request, so it \
-                 can be neither saved nor shut down as it is: unpause it (`xl unpause`), or give \
-                 it action \"skip\" (the reboot then stops it)"
-                    .into(),
-            ));
+        let advertised = match info.state {
+            DomainState::Running | DomainState::Blocked => ts.pv_connected(info.domid)?,
+            _ => None,
+        };
+        let condition = Condition::of(&info, advertised);
+        if let Some(why) = condition.refuses(action) {
+            findings.push(finding(Severity::Error, why.into()));
         }
         let config = detail.config.as_ref();
         if action != Action::Skip && config.is_none() {
@@ -457,10 +452,15 @@ fn survey(
                 "has PCI passthrough, which cannot be saved: give it action \"shutdown\"".into(),
             ));
         }
-        if action == Action::Skip && info.state != DomainState::Shutdown {
+        if action == Action::Skip {
             findings.push(finding(
                 Severity::Warning,
-                "is skipped by policy: the host reboot will stop it".into(),
+                if condition == Condition::Saveable {
+                    "is skipped by policy: the host reboot will stop it"
+                } else {
+                    "is skipped by policy: the host reboot will stop or discard it"
+                }
+                .into(),
             ));
         }
         let image = if action == Action::Save {
@@ -479,6 +479,7 @@ fn survey(
             uuid: info.uuid,
             domid: info.domid,
             action,
+            condition,
             priority,
             order: 0,
             memory_kib: info.memory_kib,
@@ -671,6 +672,123 @@ mod tests {
             },
         );
         assert!(!plan(&ts, &policy, &roomy()).unwrap().blocked());
+    }
+
+    /// The example host with web-1 changed by `f`.
+    fn with_web(f: impl Fn(&mut crate::sim::SimDomain)) -> Sim {
+        let mut host = example().snapshot();
+        let web = host
+            .domains
+            .iter_mut()
+            .find(|d| d.detail.info.name == "web-1")
+            .unwrap();
+        f(web);
+        Sim::new(host).unwrap()
+    }
+
+    /// Every condition but saveable blocks the plan by default, naming the
+    /// guest, what it is and a way out, and is recorded in the plan; an
+    /// explicit skip lets the plan through with a warning that the reboot
+    /// stops or discards it; a guest without suspend support may be shut
+    /// down instead.
+    #[test]
+    fn each_condition_blocks_the_plan_until_the_policy_chooses() {
+        use crate::condition::Condition as C;
+        use crate::domain::ShutdownReason as R;
+        let set = |state, reason| {
+            move |d: &mut crate::sim::SimDomain| {
+                d.detail.info.state = state;
+                d.detail.info.shutdown_reason = reason;
+            }
+        };
+        let cases: Vec<(C, Sim, &str)> = vec![
+            (
+                C::Paused,
+                with_web(set(DomainState::Paused, None)),
+                "xl unpause",
+            ),
+            (
+                C::Preserved,
+                with_web(set(DomainState::Shutdown, Some(R::Poweroff))),
+                "xl destroy",
+            ),
+            (
+                C::Crashed,
+                with_web(set(DomainState::Crashed, Some(R::Crash))),
+                "xl dump-core",
+            ),
+            (
+                C::Suspended,
+                with_web(set(DomainState::Shutdown, Some(R::Suspend))),
+                "plan again",
+            ),
+            (
+                C::Dying,
+                with_web(set(DomainState::Dying, None)),
+                "plan again",
+            ),
+            (
+                C::Migrating,
+                with_web(|d| d.detail.info.name = "web-1--incoming".into()),
+                "migration",
+            ),
+            (
+                C::NoSuspend,
+                with_web(|d| d.no_suspend = true),
+                "\"shutdown\"",
+            ),
+        ];
+        for (want, ts, way_out) in cases {
+            let p = plan(&ts, &Policy::default(), &roomy()).unwrap();
+            let g = p
+                .guests
+                .iter()
+                .find(|g| g.name.starts_with("web-1"))
+                .unwrap();
+            assert_eq!(g.condition, want);
+            assert!(p.blocked(), "{want:?}");
+            let errors: Vec<_> = p
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .collect();
+            assert_eq!(errors.len(), 1, "{want:?}: {errors:?}");
+            assert_eq!(errors[0].guest.as_deref(), Some(g.name.as_str()));
+            assert!(
+                errors[0].message.contains(way_out),
+                "{want:?}: {}",
+                errors[0].message
+            );
+            let others = p.guests.iter().filter(|o| o.name != g.name);
+            assert!(others.clone().all(|o| o.condition == C::Saveable));
+
+            let mut policy = Policy::default();
+            let skip = |action| GuestPolicy {
+                action: Some(action),
+                priority: 0,
+            };
+            policy.guests.insert(g.name.clone(), skip(Action::Skip));
+            let p = plan(&ts, &policy, &roomy()).unwrap();
+            assert!(!p.blocked(), "{want:?} skipped: {:?}", p.findings);
+            assert!(p.findings.iter().any(|f| f.severity == Severity::Warning
+                && f.guest.as_deref() == Some(g.name.as_str())
+                && f.message.contains("reboot will stop or discard")));
+            policy.guests.insert(g.name.clone(), skip(Action::Shutdown));
+            let shut = plan(&ts, &policy, &roomy()).unwrap();
+            assert_eq!(shut.blocked(), want != C::NoSuspend, "{want:?} shut down");
+        }
+    }
+
+    /// A run's journal written before the plan recorded conditions still
+    /// reads (a host upgraded mid-run resumes it): its guests were saveable.
+    #[test]
+    fn a_planned_guest_without_a_condition_reads_as_saveable() {
+        let p = plan(&example(), &Policy::default(), &roomy()).unwrap();
+        let mut v = serde_json::to_value(&p.guests[0]).unwrap();
+        assert_eq!(v["condition"], "saveable");
+        v.as_object_mut().unwrap().remove("condition");
+        let g: PlannedGuest = serde_json::from_value(v).unwrap();
+        assert_eq!(g, p.guests[0]);
     }
 
     /// The drain writes the configs the plan read: each beside its own

@@ -47,6 +47,10 @@ pub struct SimDomain {
     /// Addresses the guest publishes in xenstore (as a guest agent would).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<std::net::IpAddr>,
+    /// The guest's PV drivers are not connected: a PV or PVH one never
+    /// answers a suspend request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_suspend: bool,
 }
 
 /// The JSON description of a simulated host.
@@ -426,6 +430,7 @@ impl Sim {
             ignores_shutdown: false,
             xl_daemon: false,
             published: Vec::new(),
+            no_suspend: false,
         })
     }
 }
@@ -531,6 +536,12 @@ impl Toolstack for Sim {
         })
     }
 
+    fn pv_connected(&self, domid: DomId) -> Result<Option<bool>> {
+        self.looking(Call::PvConnected, Some(domid), |h| {
+            Ok(Some(!get(h, domid)?.no_suspend))
+        })
+    }
+
     /// A live save sends its first passes with the host unlocked and the
     /// guest running (the caller may look at the host meanwhile, as the
     /// drain's pause gate does), then suspends the guest and sends the rest.
@@ -543,9 +554,11 @@ impl Toolstack for Sim {
                     code: xenlight_sys::ERROR_FAIL,
                 });
             }
-            // A paused PV guest cannot answer the suspend request: libxl
-            // waits for it, then gives up (as on the nested Xen host).
-            if d.detail.info.state == DomainState::Paused && d.detail.info.dtype == DomainType::Pv {
+            // A paused PV guest cannot answer the suspend request, nor can
+            // one without PV drivers: libxl waits for it, then gives up (as
+            // on the nested Xen host).
+            let pv = matches!(d.detail.info.dtype, DomainType::Pv | DomainType::Pvh);
+            if pv && (d.detail.info.state == DomainState::Paused || d.no_suspend) {
                 return Err(ToolstackError::Libxl {
                     call: "libxl_domain_suspend",
                     code: xenlight_sys::ERROR_GUEST_TIMEDOUT,
@@ -749,6 +762,7 @@ mod tests {
                 ignores_shutdown: false,
                 xl_daemon: false,
                 published: Vec::new(),
+                no_suspend: false,
             })
             .collect();
         SimHost {

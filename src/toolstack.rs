@@ -44,6 +44,7 @@ pub enum Call {
     Version,
     Physinfo,
     PublishedAddresses,
+    PvConnected,
     Save,
     Resume,
     Destroy,
@@ -148,6 +149,13 @@ pub trait Toolstack: Sync {
     /// The IP addresses the guest publishes about itself in xenstore (guest
     /// agents do); empty when it publishes none. The guest chooses these.
     fn published_addresses(&self, domid: DomId) -> Result<Vec<std::net::IpAddr>>;
+
+    /// Whether the guest's PV drivers are connected, so that it can answer
+    /// a suspend request: it advertises `control/feature-suspend`, or one of
+    /// its devices is connected (a Linux guest writes the feature nodes at
+    /// boot only: after a restore libxl has made them again, empty, and the
+    /// guest answers all the same). None when it cannot be told here.
+    fn pv_connected(&self, domid: DomId) -> Result<Option<bool>>;
 
     /// Suspends the domain and writes its libxl stream into `out` (the xl
     /// header is the caller's). On success the domain is left suspended, not

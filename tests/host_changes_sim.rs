@@ -461,3 +461,43 @@ fn a_guest_paused_by_hand_mid_drain_fails_its_save_and_is_kept_paused_not_destro
     ts.unpause(domid).unwrap();
     assert_all_back(&ts, &want, "after the rollback, web-1 unpaused");
 }
+
+/// A run that leaves its saved guests suspended (`leave_suspended`) still
+/// takes a newcomer in on its next drain: the suspended domains it made are
+/// its own, not blockers, though the plan now calls them suspended.
+#[test]
+fn a_drain_again_is_not_blocked_by_the_guests_the_run_left_suspended() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let mut p = policy(t.path(), 2);
+    p.leave_suspended = true;
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    let (_, first) = s.drain().unwrap();
+    let suspended = ts
+        .list_domains()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.state == DomainState::Shutdown)
+        .count();
+    assert_eq!(
+        suspended,
+        first.guests.len(),
+        "each saved guest left suspended"
+    );
+    let planned = xenmaint::plan::plan(&ts, &p, &ROOMY).unwrap();
+    assert!(planned.blocked(), "a fresh plan sees suspended domains");
+
+    start_newcomer(&ts, &h, t.path(), "late-1");
+    let (_, state) = s.drain().unwrap();
+    assert_eq!(state.phase, Phase::Drained);
+    let uuid: Uuid = LATE_UUID.parse().unwrap();
+    assert!(matches!(
+        state.guests.get(&uuid),
+        Some(GuestState::Saved { .. })
+    ));
+    for (u, g) in &first.guests {
+        assert_eq!(state.guests.get(u), Some(g), "not drained a second time");
+    }
+}

@@ -41,6 +41,7 @@ pub fn plan(
                         Action::Skip => "skip",
                     }
                     .into(),
+                    g.condition.to_string(),
                     g.priority.to_string(),
                     (g.memory_kib / 1024).to_string(),
                     (g.image_bytes / MIB).to_string(),
@@ -59,6 +60,7 @@ pub fn plan(
                 "ORDER",
                 "NAME",
                 "ACTION",
+                "STATE",
                 "PRIORITY",
                 "MEM(MiB)",
                 "IMAGE(MiB)",

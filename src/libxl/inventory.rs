@@ -213,6 +213,28 @@ impl Toolstack for Libxl {
         Ok(crate::address::published(&attrs))
     }
 
+    fn pv_connected(&self, domid: DomId) -> Result<Option<bool>> {
+        let Some(xs) = super::Xenstore::open() else {
+            return Ok(None);
+        };
+        let home = format!("/local/domain/{domid}");
+        if xs
+            .read(&format!("{home}/control/feature-suspend"))
+            .as_deref()
+            == Some("1")
+        {
+            return Ok(Some(true));
+        }
+        // Each frontend's state (xenbus: 4 is Connected).
+        let mut states = Vec::new();
+        for kind in xs.directory(&format!("{home}/device")) {
+            for dev in xs.directory(&format!("{home}/device/{kind}")) {
+                states.extend(xs.read(&format!("{home}/device/{kind}/{dev}/state")));
+            }
+        }
+        Ok((!states.is_empty()).then(|| states.iter().any(|s| s.trim() == "4")))
+    }
+
     fn domain_detail(&self, domid: DomId) -> Result<DomainDetail> {
         let mut d = sys::libxl_dominfo::default();
         // SAFETY: d is a valid struct to initialise.

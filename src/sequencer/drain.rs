@@ -12,12 +12,13 @@ use super::{
     Sequencer, Step,
 };
 use crate::address;
+use crate::condition::Condition;
 use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason, Uuid};
 use crate::durable;
 use crate::guest::{self, AfterSave, PauseGate, SaveOptions};
 use crate::image::DiskIdentity;
 use crate::journal::Journal;
-use crate::plan::{self, Action, PlannedGuest};
+use crate::plan::{self, Action, PlannedGuest, Severity};
 use crate::toolstack::Request;
 
 /// Live saves that may wait at the pause gate at once, each a running guest
@@ -166,15 +167,32 @@ impl Sequencer<'_> {
     /// its disk now, is deleted; a guest whose step failed is tried again.
     fn take_in(&self, run: &Run) -> Result<Vec<PlannedGuest>> {
         let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
-        if plan.blocked() {
+        let state = run.state()?;
+        // A guest this run stopped and that does not run again (left
+        // suspended, or shut down and kept) is accounted for, whatever the
+        // plan says of its condition now.
+        let stopped_by_run = |g: &PlannedGuest| {
+            g.condition != Condition::Saveable
+                && matches!(
+                    state.guests.get(&g.uuid),
+                    Some(GuestState::Saved { .. } | GuestState::ShutDown | GuestState::Gone { .. })
+                )
+        };
+        let blocked = plan.findings.iter().any(|f| {
+            f.severity == Severity::Error
+                && !plan
+                    .guests
+                    .iter()
+                    .any(|g| f.guest.as_deref() == Some(g.name.as_str()) && stopped_by_run(g))
+        });
+        if blocked {
             return Err(SeqError::PlanBlocked);
         }
-        let state = run.state()?;
         let mut todo = Vec::new();
         let mut joined = Vec::new();
         let mut files = durable::Batch::new();
         for (g, text) in plan.guests.iter().zip(&configs) {
-            if g.action == Action::Skip {
+            if g.action == Action::Skip || stopped_by_run(g) {
                 continue;
             }
             let Some(ours) = state.plan.guests.iter().find(|p| p.uuid == g.uuid) else {

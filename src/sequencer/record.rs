@@ -592,6 +592,7 @@ mod tests {
                 uuid,
                 domid: 7,
                 action: Action::Save,
+                condition: crate::condition::Condition::Saveable,
                 priority: 10,
                 order: 1,
                 memory_kib: 1 << 20,
