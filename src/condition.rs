@@ -11,7 +11,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{DomainInfo, DomainState, DomainType, ShutdownReason};
-use crate::plan::Action;
 
 /// The suffixes xl gives a domain's name while it is migrated
 /// (`xl migrate`: the sender is renamed NAME--migratory, the receiver is
@@ -89,17 +88,17 @@ impl Condition {
         }
     }
 
-    /// Whether a run can give this guest `action`; if not, why, with the
-    /// ways out (the plan's error for it).
-    pub fn refuses(self, action: Action) -> Option<&'static str> {
-        if action == Action::Skip {
-            // The administrator's explicit choice: the reboot stops or
-            // discards it, and the plan says so.
-            return None;
-        }
+    /// Whether a clean shutdown can take this guest down (one without PV
+    /// drivers for a suspend may still power off, or be forced off).
+    pub fn can_shut_down(self) -> bool {
+        matches!(self, Condition::Saveable | Condition::NoSuspend)
+    }
+
+    /// Why a run cannot save this guest, with the ways out (the plan's
+    /// error for it); None when it is saveable.
+    pub fn why_not(self) -> Option<&'static str> {
         Some(match self {
             Condition::Saveable => return None,
-            Condition::NoSuspend if action == Action::Shutdown => return None,
             Condition::Paused => {
                 "is paused: a paused guest cannot answer a suspend or shutdown request, so it \
                  can be neither saved nor shut down as it is: unpause it (`xl unpause`), or give \
@@ -210,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_saveable_guest_or_an_explicit_skip_passes() {
+    fn only_a_saveable_guest_is_saved_and_one_without_drivers_may_be_shut_down() {
         use Condition as C;
         for c in [
             C::Paused,
@@ -221,11 +220,10 @@ mod tests {
             C::Migrating,
             C::NoSuspend,
         ] {
-            assert!(c.refuses(Action::Save).is_some(), "{c:?}");
-            assert_eq!(c.refuses(Action::Skip), None, "{c:?}");
+            assert!(c.why_not().is_some(), "{c:?}");
+            assert_eq!(c.can_shut_down(), c == C::NoSuspend, "{c:?}");
         }
-        assert_eq!(C::Saveable.refuses(Action::Save), None);
-        assert_eq!(C::NoSuspend.refuses(Action::Shutdown), None);
-        assert!(C::Paused.refuses(Action::Shutdown).is_some());
+        assert_eq!(C::Saveable.why_not(), None);
+        assert!(C::Saveable.can_shut_down());
     }
 }

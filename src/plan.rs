@@ -431,7 +431,14 @@ fn survey(
             _ => None,
         };
         let condition = Condition::of(&info, advertised);
-        if let Some(why) = condition.refuses(action) {
+        // Skip is the administrator's explicit choice: the reboot stops or
+        // discards it, and a warning below says so.
+        let refused = match action {
+            Action::Skip => None,
+            Action::Shutdown if condition.can_shut_down() => None,
+            _ => condition.why_not(),
+        };
+        if let Some(why) = refused {
             findings.push(finding(Severity::Error, why.into()));
         }
         let config = detail.config.as_ref();
