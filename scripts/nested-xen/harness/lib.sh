@@ -210,8 +210,11 @@ xm_check() {   # xm_check TEST DESC fn args...: a xenmaint check; skipped withou
 # warm_check: a host started from the snapshot behaves: its wall clock is set from the
 # runner's (the snapshot's stood still meanwhile) and agrees with it; every guest runs on from
 # where the snapshot left it (same boot id, its counter advanced) and answers through its
-# port forward; Xen's timers keep dom0's pace (a guest's counter, one tick per second of the
-# guest's timer, advances by about as many seconds as dom0's clock does).
+# port forward; Xen's timers run at dom0's pace (a guest's counter, one tick per second of
+# the guest's timer, advances by about as many seconds as dom0's clock does: at least a
+# quarter, since each tick is a loop with a fork that a starved host (two nested VMs in a
+# third of the machine) runs late, seen at 0.58; a timer stopped or 50 times slow is far
+# below that).
 warm_check() {
   local now ok=0 name ip before after c0 c1 t0 t1 first_ip
   now=$(nested_ctl clock) && date -s "@$now" > /dev/null || { echo "FAIL clock: no time from the runner"; ok=1; }
@@ -231,7 +234,7 @@ warm_check() {
   t0=$EPOCHREALTIME c0=$(guest_request "$first_ip" STATUS | sed -n 's/^counter=//p')
   sleep 5
   t1=$EPOCHREALTIME c1=$(guest_request "$first_ip" STATUS | sed -n 's/^counter=//p')
-  if awk -v n="$((${c1:-0} - ${c0:-0}))" -v t="$t0" -v u="$t1" 'BEGIN { d = u - t; exit !(n >= d * 0.6 && n <= d * 1.4 + 1) }'; then
+  if awk -v n="$((${c1:-0} - ${c0:-0}))" -v t="$t0" -v u="$t1" 'BEGIN { d = u - t; exit !(n >= d * 0.25 && n <= d * 1.4 + 1) }'; then
     echo "ok   a guest's timer keeps dom0's pace: $((c1 - c0)) ticks in $(awk -v t="$t0" -v u="$t1" 'BEGIN { printf "%.1f", u - t }') s"
   else echo "FAIL a guest's counter went ${c0:-?} -> ${c1:-?} in $t0 .. $t1"; ok=1; fi
   nested_ctl forwards | sed 's/^/     forward: /' || { echo "FAIL port forwards"; ok=1; }
