@@ -501,3 +501,31 @@ fn a_drain_again_is_not_blocked_by_the_guests_the_run_left_suspended() {
         assert_eq!(state.guests.get(u), Some(g), "not drained a second time");
     }
 }
+
+/// A guest the run saved, restored by hand and left paused (`xl restore
+/// -p`), is in memory again: a drain of the run refuses on it (the plan's
+/// "is paused") before touching anything, rather than passing over it and
+/// halting later on a guest it never looked at.
+#[test]
+fn a_saved_guest_restored_paused_by_hand_stops_the_next_drain_up_front() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 2), &never);
+    let web = uuid_of(&ts, "web-1");
+    let (_, drained) = s.drain().unwrap();
+    let Some(GuestState::Saved { image }) = drained.guests.get(&web) else {
+        panic!("web-1 not saved")
+    };
+    guest::restore(&ts, image, &RestoreOptions { paused: true }, &|_| {}).unwrap();
+    start_newcomer(&ts, &h, t.path(), "late-1");
+    assert!(matches!(s.drain(), Err(SeqError::PlanBlocked)));
+    let (_, state) = s.state().unwrap().unwrap();
+    assert_eq!(state.guests, drained.guests, "nothing recorded");
+    assert_eq!(
+        copies(&ts, LATE_UUID.parse().unwrap()),
+        1,
+        "the newcomer untouched"
+    );
+}

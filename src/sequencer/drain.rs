@@ -168,15 +168,19 @@ impl Sequencer<'_> {
     fn take_in(&self, run: &Run) -> Result<Vec<PlannedGuest>> {
         let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
         let state = run.state()?;
-        // A guest this run stopped and that does not run again (left
-        // suspended, or shut down and kept) is accounted for, whatever the
-        // plan says of its condition now.
+        // A guest this run stopped whose domain holds nothing that runs
+        // (left suspended, shut down and kept, dying) is accounted for,
+        // whatever the plan says of it now. Paused or driverless is a
+        // domain in memory again (restored by hand), crashed is a guest
+        // that ran again: those block, as they would a new run.
         let stopped_by_run = |g: &PlannedGuest| {
-            g.condition != Condition::Saveable
-                && matches!(
-                    state.guests.get(&g.uuid),
-                    Some(GuestState::Saved { .. } | GuestState::ShutDown | GuestState::Gone { .. })
-                )
+            matches!(
+                g.condition,
+                Condition::Suspended | Condition::Preserved | Condition::Dying
+            ) && matches!(
+                state.guests.get(&g.uuid),
+                Some(GuestState::Saved { .. } | GuestState::ShutDown | GuestState::Gone { .. })
+            )
         };
         let blocked = plan.findings.iter().any(|f| {
             f.severity == Severity::Error
