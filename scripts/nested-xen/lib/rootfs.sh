@@ -30,6 +30,9 @@ nx_log "mmdebstrap (minbase, Xen pinned to $XEN_OLD)"
 #  - the image's apt knows only the local update repository (the VM has no route to an
 #    archive), and its lists are fetched now (and kept: --skip=cleanup/apt/lists) so `apt-get install`
 #    works offline;
+#  - dom0's initramfs holds only what mounts its root (the q35 machine's AHCI disk, ext4),
+#    not MODULES=most: 35 MB that GRUB read, the kernel unpacked and udev walked at each
+#    boot under TCG;
 #  - xendomains is disabled: it would save/restore guests on its own at shutdown/boot and
 #    race the procedure under test (a scenario may enable it explicitly).
 mmdebstrap --variant=minbase --include="$include" --skip=cleanup/apt/lists \
@@ -37,6 +40,9 @@ mmdebstrap --variant=minbase --include="$include" --skip=cleanup/apt/lists \
   --customize-hook='rm -f "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*' \
   --customize-hook='echo "deb [trusted=yes] file:/var/local/xen-update ./" > "$1/etc/apt/sources.list.d/xen-update.list"' \
   --customize-hook='chroot "$1" apt-get update -q' \
+  --customize-hook='echo MODULES=list > "$1/etc/initramfs-tools/conf.d/nested-xen"' \
+  --customize-hook='printf "ahci\nsd_mod\next4\ncrc32c_generic\n" >> "$1/etc/initramfs-tools/modules"' \
+  --customize-hook='chroot "$1" update-initramfs -u -k all' \
   --customize-hook='chroot "$1" systemctl disable xendomains.service 2>/dev/null || true' \
   --customize-hook='chroot "$1" dpkg-query -W -f="\${Package} \${Version}\n" > "$1/var/local/xen-update/installed-at-build.txt"' \
   bookworm "$work/rootfs.tar"

@@ -60,10 +60,11 @@ def read_guests(path):
 def qemu_cmd(mem, overlay, io_img, fwd, ctl_port, qmp):
     """QEMU's command line. A snapshot is loaded with the command line it was made
     with, but for what is named here: files, ports and sockets on this machine's side,
-    which the guest does not see."""
+    which the guest does not see. -nodefaults: no display, parallel port, CD-ROM or
+    floppy, devices whose drivers dom0 loaded and udev walked at every boot under TCG."""
     return ["qemu-system-x86_64", "-machine", "q35", "-cpu", CPU,
             "-accel", f"tcg,thread={os.environ.get('NESTED_XEN_TCG_THREAD', 'multi')}",
-            "-smp", "2", "-m", str(mem), "-nographic",
+            "-smp", "2", "-m", str(mem), "-nographic", "-nodefaults",
             "-monitor", "none", "-serial", "stdio", "-qmp", f"unix:{qmp},server=on,wait=off",
             "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
             "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
