@@ -45,25 +45,33 @@ pub enum ConfigError {
     },
     #[error("config {path} is not valid: {detail}")]
     Parse { path: PathBuf, detail: String },
+    /// The file, a folder above it or a hook it names is not root's alone.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
 }
 
-/// Loads `path`, or the default file if it exists, or the defaults.
+/// Loads `path`, or the default file if it exists, or the defaults. The
+/// file names commands run as root, so it is read only if it is root's alone
+/// (see `trust`), and so must be every file its hooks name.
 pub fn load_policy(path: Option<&Path>) -> Result<Policy, ConfigError> {
     let (path, required) = match path {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG), false),
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::trust::read("the policy file", path) {
         Ok(t) => t,
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+        Err(crate::trust::TrustError::Unreadable { source, .. })
+            if !required && source.kind() == std::io::ErrorKind::NotFound =>
+        {
             return Ok(Policy::default())
         }
-        Err(source) => {
+        Err(crate::trust::TrustError::Unreadable { source, .. }) => {
             return Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })
         }
+        Err(e) => return Err(e.into()),
     };
     let policy: Policy = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
@@ -75,6 +83,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy, ConfigError> {
             detail: "concurrency must be at least 1".into(),
         });
     }
+    for hook in &policy.hooks {
+        crate::trust::check_command("the hook", hook)?;
+    }
     Ok(policy)
 }
 
@@ -85,7 +96,7 @@ mod tests {
 
     #[test]
     fn a_policy_file_overrides_the_defaults() {
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::trust::trusted_test_dir();
         let p = t.path().join("x.toml");
         std::fs::write(
             &p,
@@ -110,7 +121,7 @@ mod tests {
 
     #[test]
     fn bad_files_name_themselves_and_the_problem() {
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::trust::trusted_test_dir();
         let p = t.path().join("x.toml");
         for (text, want) in [
             ("concurency = 2\n", "unknown field"),

@@ -22,5 +22,8 @@ pub const LOCKED: i32 = 8;
 /// A maintenance step was refused: domains the run has not accounted for
 /// run on the host (created since the plan, or started again by hand).
 pub const HOST_CHANGED: i32 = 9;
+/// Refused: a file whose contents xenmaint would run as root (the policy
+/// file, a hook, the patch command) can be changed by someone else.
+pub const UNTRUSTED: i32 = 10;
 /// Stopped by SIGINT or SIGTERM at a consistent point (128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;

@@ -43,9 +43,14 @@ pub fn run(command: &str, env: &[(&str, String)], timeout: Duration) -> HookEnd 
     }
 }
 
-/// Runs every hook in order, logging the ones that did not succeed.
+/// Runs every hook in order, logging the ones that did not succeed. A hook
+/// naming a file that is no longer root's alone (see `trust`) is not run.
 pub fn run_all(hooks: &[String], env: &[(&str, String)], timeout: Duration) {
     for hook in hooks {
+        if let Err(e) = crate::trust::check_command("the hook", hook) {
+            log::warn!("{e}; the hook is not run, the run goes on");
+            continue;
+        }
         match run(hook, env, timeout) {
             HookEnd::Ok => log::info!("hook `{hook}` done"),
             HookEnd::Failed(why) => log::warn!("hook `{hook}` failed ({why}); the run goes on"),

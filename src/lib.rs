@@ -29,3 +29,4 @@ pub mod plan;
 pub mod sequencer;
 pub mod sim;
 pub mod toolstack;
+pub mod trust;

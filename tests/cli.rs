@@ -409,7 +409,13 @@ fn plan_lists_every_guest_and_changes_nothing() {
 
 #[test]
 fn plan_with_errors_exits_7_and_bad_config_exits_5() {
-    let dir = tempfile::tempdir().unwrap();
+    // Under the build's folder: a policy file under /tmp is refused (exit 10).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let host = custom_host(dir.path(), |h| {
         h["domains"][1]["config"]["pcidevs"] = serde_json::json!([{"bus": 3}]);
     });

@@ -27,6 +27,9 @@ use output::Output;
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct Args {
     /// Run against a simulated host described in FILE (JSON), not this host's Xen.
+    /// Its journals, images and lock go in FILE's folder, under FILE.xenmaint
+    /// (or --state-dir), and this host's policy file is not read (give one
+    /// with --config).
     #[arg(long, global = true, value_name = "FILE")]
     pub sim: Option<PathBuf>,
 
@@ -42,22 +45,54 @@ pub struct Args {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// Where maintenance runs keep their journals and saved configs.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "/var/lib/xenmaint"
-    )]
-    pub state_dir: PathBuf,
+    /// Where maintenance runs keep their journals and saved configs
+    /// [default: /var/lib/xenmaint].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
-    /// The lock that allows one run per host.
-    #[arg(long, global = true, value_name = "FILE", default_value = crate::lock::DEFAULT_LOCK, hide = true)]
-    pub lock: PathBuf,
+    /// The lock that allows one run per host [default: /run/xenmaint.lock].
+    #[arg(long, global = true, value_name = "FILE", hide = true)]
+    pub lock: Option<PathBuf>,
 
     #[command(subcommand)]
     pub verb: Verb,
 }
+
+impl Args {
+    /// The journals' folder: as given; for a simulated host FILE.json,
+    /// FILE.xenmaint beside it (a simulation never writes to this host's
+    /// system paths); else the system's.
+    pub fn state_dir(&self) -> PathBuf {
+        match (&self.state_dir, &self.sim) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(sim)) => {
+                let stem = sim.file_stem().unwrap_or(sim.as_os_str());
+                let mut name = stem.to_owned();
+                name.push(".xenmaint");
+                sim.with_file_name(name)
+            }
+            (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        match (&self.lock, &self.sim) {
+            (Some(lock), _) => lock.clone(),
+            (None, Some(_)) => self.state_dir().join("xenmaint.lock"),
+            (None, None) => PathBuf::from(crate::lock::DEFAULT_LOCK),
+        }
+    }
+
+    /// Where images go unless a flag or the policy file says otherwise.
+    pub fn image_dir(&self) -> PathBuf {
+        match &self.sim {
+            Some(_) => self.state_dir().join("images"),
+            None => PathBuf::from(crate::guest::DEFAULT_IMAGE_DIR),
+        }
+    }
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xenmaint";
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -70,7 +105,9 @@ Exit codes:
   6  a guest did not do as asked in time
   7  the plan has errors: a maintenance run would be refused
   8  another xenmaint run holds this host's lock
-  9  refused: domains the run has not accounted for are on the host";
+  9  refused: domains the run has not accounted for are on the host
+ 10  refused: a file xenmaint would run as root (policy, hook, patch command)
+     can be changed by someone other than root";
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -97,9 +134,10 @@ pub enum Verb {
         /// Image file (default: IMAGE_DIR/<uuid>.xl). Never overwritten.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Directory for images named by UUID (created 0700).
-        #[arg(long, value_name = "DIR", default_value = crate::guest::DEFAULT_IMAGE_DIR)]
-        image_dir: PathBuf,
+        /// Directory for images named by UUID (created 0700)
+        /// [default: /var/lib/xenmaint/images].
+        #[arg(long, value_name = "DIR")]
+        image_dir: Option<PathBuf>,
         /// Copy memory while the guest runs; it pauses only for the last round.
         #[arg(long)]
         live: bool,
@@ -257,8 +295,8 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    pub fn policy(&self) -> Result<crate::plan::Policy, CliError> {
-        let mut policy = crate::config::load_policy(self.config.as_deref())?;
+    pub fn policy(&self, args: &Args) -> Result<crate::plan::Policy, CliError> {
+        let mut policy = load_policy(args, self.config.as_deref())?;
         if let Some(dir) = &self.image_dir {
             policy.image_dir = dir.clone();
         }
@@ -267,6 +305,26 @@ impl PolicyArgs {
         }
         Ok(policy)
     }
+}
+
+/// The policy file as given, else the system's, except for a simulated host:
+/// this host's policy is not the simulated one's, and its image folder is
+/// replaced by one beside the simulated host's file.
+pub fn load_policy(
+    args: &Args,
+    config: Option<&std::path::Path>,
+) -> Result<crate::plan::Policy, CliError> {
+    if args.sim.is_none() {
+        return Ok(crate::config::load_policy(config)?);
+    }
+    let mut policy = match config {
+        Some(path) => crate::config::load_policy(Some(path))?,
+        None => crate::plan::Policy::default(),
+    };
+    if policy.image_dir == std::path::Path::new(crate::guest::DEFAULT_IMAGE_DIR) {
+        policy.image_dir = args.image_dir();
+    }
+    Ok(policy)
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -310,6 +368,11 @@ pub enum CliError {
     },
     #[error("cannot write output: {0}")]
     Output(io::Error),
+    #[error(
+        "this needs root: the host's Xen toolstack is root's (run it as root; `verify` and \
+         --sim FILE need no root)"
+    )]
+    NotRoot,
 }
 
 impl From<io::Error> for CliError {
@@ -322,6 +385,8 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         let ts = match self {
             CliError::Toolstack(e) | CliError::Op(OpError::Toolstack(e)) => e,
+            CliError::Config(crate::config::ConfigError::Untrusted(_))
+            | CliError::Run(crate::sequencer::SeqError::Untrusted(_)) => return exit::UNTRUSTED,
             CliError::Sim(_) | CliError::Config(_) => return exit::BAD_INPUT,
             CliError::PlanBlocked(_) | CliError::Run(crate::sequencer::SeqError::PlanBlocked) => {
                 return exit::PLAN_BLOCKED
@@ -333,6 +398,7 @@ impl CliError {
             CliError::Run(crate::sequencer::SeqError::Interrupted(_)) => return exit::INTERRUPTED,
             CliError::Run(crate::sequencer::SeqError::Toolstack(e)) => e,
             CliError::StatusTimeout(_) => return exit::TIMEOUT,
+            CliError::NotRoot => return exit::NOT_DOM0,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
             CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
             CliError::Op(OpError::SaveFailed { cause, .. })
@@ -415,6 +481,9 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         return guest::verify(image, &out);
     }
     let sim = args.sim.as_deref().map(Sim::load).transpose()?;
+    if sim.is_none() && !nix::unistd::geteuid().is_root() {
+        return Err(CliError::NotRoot);
+    }
     let libxl = match &sim {
         Some(_) => None,
         None => Some(Libxl::new()?),
@@ -450,7 +519,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         } => {
             let opts = crate::guest::SaveOptions {
                 out: file.clone(),
-                image_dir: image_dir.clone(),
+                image_dir: image_dir.clone().unwrap_or_else(|| args.image_dir()),
                 live: *live,
                 then: if *keep_running {
                     crate::guest::AfterSave::Resume
@@ -512,6 +581,9 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             no_reboot,
         } => {
             let ctx = run::context(args, ts, sim, Some(policy))?;
+            // Refused before anything runs, not after the drain.
+            crate::trust::check_command("patch command", patch_cmd)
+                .map_err(crate::sequencer::SeqError::from)?;
             plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?;
             run::drain(&ctx, &out)?;
             run::patch(&ctx, patch_cmd, boot_entry, &out)?;

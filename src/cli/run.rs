@@ -28,8 +28,8 @@ pub fn context<'a>(
     policy: Option<&PolicyArgs>,
 ) -> Result<Context<'a>, CliError> {
     let policy = match policy {
-        Some(p) => p.policy()?,
-        None => crate::config::load_policy(None)?,
+        Some(p) => p.policy(args)?,
+        None => super::load_policy(args, None)?,
     };
     // A simulated host has a simulated boot loader and network: never this
     // machine's GRUB, never a probe of this machine's neighbours.
@@ -56,8 +56,8 @@ fn sequencer<'a>(ctx: &'a Context<'a>) -> Sequencer<'a> {
         boot: ctx.boot.as_ref(),
         facts: ctx.facts.as_ref(),
         policy: ctx.policy.clone(),
-        state_dir: ctx.args.state_dir.clone(),
-        lock_path: ctx.args.lock.clone(),
+        state_dir: ctx.args.state_dir(),
+        lock_path: ctx.args.lock(),
         power: PowerOptions {
             wait: true,
             timeout: Duration::from_secs(ctx.policy.shutdown_s.max(1.0) as u64 * 4),
@@ -249,7 +249,7 @@ pub fn status(
             return Err(CliError::StatusTimeout(timeout));
         }
         // A resume that died (or never ran) will not finish the run.
-        if crate::lock::HostLock::holder_alive(&ctx.args.lock) {
+        if crate::lock::HostLock::holder_alive(&ctx.args.lock()) {
             idle_since = None;
         } else if idle_since.get_or_insert_with(Instant::now).elapsed()
             >= Duration::from_secs(idle_grace)

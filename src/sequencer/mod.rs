@@ -46,6 +46,9 @@ use lanes::Lanes;
 pub enum SeqError {
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The patch or reboot command names a file that is not root's alone.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
@@ -307,7 +310,11 @@ impl<'a> Sequencer<'a> {
 
     fn lock(&self, what: &str) -> Result<HostLock> {
         if let Some(dir) = self.lock_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| DurableError::Io {
+            // Private if made here: it may be the state folder too (--sim).
+            use std::os::unix::fs::DirBuilderExt;
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true).mode(0o700);
+            builder.create(dir).map_err(|source| DurableError::Io {
                 path: dir.to_owned(),
                 source,
             })?;
