@@ -16,6 +16,8 @@
 //! bridge_wait_s = 60.0         # how long resume waits at boot for the guests' bridges
 //! hooks = []                   # commands run at each phase, e.g. ["/usr/local/sbin/notify-owners"]
 //! hook_s = 60.0                # a hook running longer is killed (the run goes on)
+//! allow_image_programs = false # true: restore guests whose config names programs for dom0
+//!                              # (hotplug scripts, bootloader, device model) outside Xen's folders
 //! save_mib_s = 100.0           # for plan's estimates
 //! restore_mib_s = 100.0
 //! shutdown_s = 30.0

@@ -158,6 +158,10 @@ pub struct Policy {
     pub hooks: Vec<String>,
     /// Seconds a hook may run before it is killed.
     pub hook_s: f64,
+    /// Restore guests whose configuration names programs for dom0 outside
+    /// Xen's own folders (see `image::programs`); off: such a guest blocks
+    /// the plan, and its restore is refused.
+    pub allow_image_programs: bool,
 }
 
 impl Default for Policy {
@@ -181,6 +185,7 @@ impl Default for Policy {
             keep_images: true,
             hooks: Vec::new(),
             hook_s: 60.0,
+            allow_image_programs: false,
         }
     }
 }
@@ -449,6 +454,21 @@ fn survey(
                  after the reboot"
                     .into(),
             ));
+        }
+        if let (Some(config), false, Action::Save) = (config, policy.allow_image_programs, action) {
+            for p in crate::image::programs(config) {
+                if let Some(why) = p.refused {
+                    findings.push(finding(
+                        Severity::Error,
+                        format!(
+                            "names {} as its {}, {why}: its restore would be refused \
+                             (allow_image_programs = true in the policy file if you trust it)",
+                            p.path.display(),
+                            p.role
+                        ),
+                    ));
+                }
+            }
         }
         let has_pci = config
             .and_then(|c| c["pcidevs"].as_array())

@@ -30,20 +30,18 @@ fn no_progress() -> impl Fn(guest::Progress) + Sync {
 }
 
 fn restore(ts: &Sim, image: &Path, paused: bool) -> Result<guest::RestoreReport, OpError> {
-    guest::restore(ts, image, &RestoreOptions { paused }, &no_progress())
+    guest::restore(
+        ts,
+        image,
+        &RestoreOptions {
+            paused,
+            ..Default::default()
+        },
+        &no_progress(),
+    )
 }
 
-fn save_opts(dir: &Path) -> SaveOptions<'static> {
-    SaveOptions {
-        out: None,
-        image_dir: dir.join("images"),
-        live: false,
-        then: AfterSave::Destroy,
-        read_back: false,
-        gate: None,
-        fresh_dir: false,
-    }
-}
+use common::save_opts;
 
 fn state(ts: &Sim, n: &str) -> Option<DomainState> {
     ts.list_domains()

@@ -75,7 +75,7 @@ fn drained_then_web_restored_by_hand(
     let Some(GuestState::Saved { image }) = state.guests.get(&web) else {
         panic!("web-1 not saved: {:?}", state.guests.get(&web))
     };
-    guest::restore(ts, image, &RestoreOptions { paused: false }, &|_| {}).unwrap();
+    guest::restore(ts, image, &RestoreOptions::default(), &|_| {}).unwrap();
     web
 }
 
@@ -518,7 +518,16 @@ fn a_saved_guest_restored_paused_by_hand_stops_the_next_drain_up_front() {
     let Some(GuestState::Saved { image }) = drained.guests.get(&web) else {
         panic!("web-1 not saved")
     };
-    guest::restore(&ts, image, &RestoreOptions { paused: true }, &|_| {}).unwrap();
+    guest::restore(
+        &ts,
+        image,
+        &RestoreOptions {
+            paused: true,
+            ..Default::default()
+        },
+        &|_| {},
+    )
+    .unwrap();
     start_newcomer(&ts, &h, t.path(), "late-1");
     assert!(matches!(s.drain(), Err(SeqError::PlanBlocked)));
     let (_, state) = s.state().unwrap().unwrap();

@@ -262,7 +262,7 @@ fn a_user_who_is_not_root_is_told_in_one_line_and_needs_root_only_for_xen() {
         assert_eq!(r.code, xenmaint::exit::NOT_DOM0, "{verb:?}: {}", r.stderr);
         let line = r.stderr.trim_end();
         assert_eq!(line.lines().count(), 1, "{verb:?}: {line}");
-        assert!(line.contains("needs root"), "{verb:?}: {line}");
+        assert!(line.contains("must run as root"), "{verb:?}: {line}");
     }
     let Some(r) = as_non_root(&["--help"]) else {
         return;

@@ -138,6 +138,17 @@ pub fn verify(image: &Path, out: &Output) -> Result<(), CliError> {
             "no manifest"
         },
     ))?;
+    for p in &r.programs {
+        out.line(&format!(
+            "  a restore runs {} as root in dom0 ({}){}",
+            p.path.display(),
+            p.role,
+            match &p.refused {
+                Some(why) => format!(": REFUSED, {why}"),
+                None => String::new(),
+            }
+        ))?;
+    }
     Ok(())
 }
 

@@ -156,6 +156,11 @@ pub enum Verb {
         /// Leave the restored guest paused.
         #[arg(long)]
         paused: bool,
+        /// Restore even if the image's configuration names programs for dom0
+        /// (hotplug scripts, bootloader, device model) outside Xen's own
+        /// folders, or that others can change: only for an image you trust.
+        #[arg(long)]
+        allow_image_programs: bool,
     },
     /// Read an image end to end and check it against its manifest.
     Verify { image: PathBuf },
@@ -369,8 +374,8 @@ pub enum CliError {
     #[error("cannot write output: {0}")]
     Output(io::Error),
     #[error(
-        "this needs root: the host's Xen toolstack is root's (run it as root; `verify` and \
-         --sim FILE need no root)"
+        "not root: xenmaint must run as root to use the host's Xen toolstack (`verify` \
+         and --sim FILE need no root)"
     )]
     NotRoot,
 }
@@ -400,6 +405,7 @@ impl CliError {
             CliError::StatusTimeout(_) => return exit::TIMEOUT,
             CliError::NotRoot => return exit::NOT_DOM0,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
+            CliError::Op(OpError::UntrustedProgram { .. }) => return exit::UNTRUSTED,
             CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
             CliError::Op(OpError::SaveFailed { cause, .. })
                 if matches!(**cause, OpError::Toolstack(ToolstackError::NoSuchDomain(_))) =>
@@ -533,10 +539,17 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             };
             guest::save(ts, domain, &opts, &out, args.quiet)?
         }
-        Verb::Restore { image, paused } => guest::restore(
+        Verb::Restore {
+            image,
+            paused,
+            allow_image_programs,
+        } => guest::restore(
             ts,
             image,
-            &crate::guest::RestoreOptions { paused: *paused },
+            &crate::guest::RestoreOptions {
+                paused: *paused,
+                allow_programs: *allow_image_programs,
+            },
             &out,
             args.quiet,
         )?,

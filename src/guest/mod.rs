@@ -47,6 +47,19 @@ pub enum OpError {
     Durable(#[from] DurableError),
     #[error("refusing to {0} domain 0: it is the host itself")]
     Dom0(&'static str),
+    #[error(
+        "refusing to restore {image}: its configuration makes dom0 run {path} as root \
+         ({role}), {why}; if you trust this image, restore it with --allow-image-programs \
+         (a maintenance run: allow_image_programs = true in the policy file)",
+        image = image.display(),
+        path = path.display()
+    )]
+    UntrustedProgram {
+        image: PathBuf,
+        role: String,
+        path: PathBuf,
+        why: String,
+    },
     #[error("domain {0} has no libxl configuration (libxl did not create it): it cannot be saved")]
     NoConfig(String),
     #[error(

@@ -15,9 +15,13 @@ use crate::image::{
 };
 use crate::toolstack::{RestoreSource, Toolstack, ToolstackError};
 
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Leave the restored guest paused (xl restore -p).
     pub paused: bool,
+    /// Run the programs the image's configuration names even if they are
+    /// not the system's own (see `image::programs`).
+    pub allow_programs: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -169,6 +173,19 @@ fn restore_once(
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| ImageError::Corrupt("config has no valid c_info.uuid".into()))?;
     preflight(ts, &config, &name, uuid)?;
+    if !opts.allow_programs {
+        if let Some(p) = crate::image::programs(&config)
+            .into_iter()
+            .find(|p| p.refused.is_some())
+        {
+            return Err(OpError::UntrustedProgram {
+                image: image.to_owned(),
+                role: p.role,
+                path: p.path,
+                why: p.refused.unwrap_or_default(),
+            });
+        }
+    }
     steps.done("read the header and checked the host");
 
     let mut source = Source::after_header(reader, total, progress);
@@ -293,6 +310,8 @@ pub struct VerifyReport {
     /// Whether a manifest was there to compare the checksum with.
     pub manifest: bool,
     pub stream: StreamSummary,
+    /// What its configuration makes dom0 run at a restore.
+    pub programs: Vec<crate::image::Program>,
 }
 
 /// Reads an image end to end and checks it against its manifest, if any.
@@ -319,6 +338,7 @@ pub fn verify(image: &Path) -> Result<VerifyReport, OpError> {
         checksum: v.checksum,
         manifest: manifest.is_some(),
         stream: v.stream,
+        programs: crate::image::programs(&v.config),
     })
 }
 

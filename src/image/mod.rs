@@ -4,6 +4,7 @@
 mod direct;
 mod header;
 mod manifest;
+mod programs;
 mod stream;
 
 use std::io::Read;
@@ -15,6 +16,7 @@ pub use manifest::{
     manifest_path, DiskIdentity, DiskKind, Manifest, ManifestError, SavedOn, Timings,
     MANIFEST_FORMAT,
 };
+pub use programs::{programs, Program};
 pub use stream::{synth, GuestKind, StreamScanner, StreamSummary};
 
 /// Everything `from` holds, read into a buffer of `first` bytes that

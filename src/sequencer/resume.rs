@@ -367,10 +367,19 @@ impl Sequencer<'_> {
                     observation: None,
                 },
             )?;
-            match guest::restore(self.ts, &image, &RestoreOptions { paused: false }, &|_| {}) {
+            let opts = RestoreOptions {
+                paused: false,
+                allow_programs: self.policy.allow_image_programs,
+            };
+            match guest::restore(self.ts, &image, &opts, &|_| {}) {
                 Ok(r) => {
                     self.record(run, back(g.uuid, Step::Restore, r.domid))?;
                     return Ok(true);
+                }
+                // A cold boot from the same configuration would run the same
+                // program: the guest stays down, its image kept.
+                Err(e @ OpError::UntrustedProgram { .. }) => {
+                    return self.failed(run, g, Step::Restore, e.to_string());
                 }
                 Err(e) => {
                     log::error!(

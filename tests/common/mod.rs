@@ -5,6 +5,7 @@ pub mod run;
 use std::path::Path;
 
 use serde_json::Value;
+use xenmaint::guest::{AfterSave, SaveOptions};
 use xenmaint::sim::SimHost;
 
 /// The bundled example host, with each guest's disk a real file under `dir`
@@ -63,4 +64,18 @@ pub fn many_guests(dir: &Path, n: usize) -> SimHost {
         domains.push(d);
     }
     serde_json::from_value(host).unwrap()
+}
+
+/// A plain save into `dir`/images that destroys the guest, as `xenmaint save` does.
+#[allow(dead_code)] // not every test crate that includes this module uses it
+pub fn save_opts(dir: &Path) -> SaveOptions<'static> {
+    SaveOptions {
+        out: None,
+        image_dir: dir.join("images"),
+        live: false,
+        then: AfterSave::Destroy,
+        read_back: false,
+        gate: None,
+        fresh_dir: false,
+    }
 }
