@@ -78,17 +78,23 @@ pub fn check_command(what: &'static str, command: &str) -> Result<(), TrustError
             continue;
         }
         let word = raw.trim_matches(|c| matches!(c, '\'' | '"' | ';' | '&' | '|' | '(' | ')'));
-        if word.is_empty() || word.contains('=') {
+        // `VAR=value` before the program, `--opt=/path` after it: the
+        // value, which is a file only if it has a slash.
+        let (word, assignment) = match word.split_once('=') {
+            Some((_, value)) => (value, true),
+            None => (word, false),
+        };
+        if word.is_empty() {
             continue;
         }
         let file = if word.contains('/') {
             Some(PathBuf::from(word))
-        } else if first {
+        } else if first && !assignment {
             in_path(word)
         } else {
             None
         };
-        first = false;
+        first &= assignment;
         match file {
             Some(f) if f.is_file() => check(what, &f)?,
             _ => {}
@@ -295,6 +301,7 @@ mod tests {
             script.display().to_string(),
             format!("sh {}", script.display()),
             format!("FOO=1 {} --all", script.display()),
+            format!("logger --file={}", script.display()),
         ] {
             refusal(check_command("the hook", &cmd));
         }
