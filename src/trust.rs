@@ -113,32 +113,21 @@ fn in_path(name: &str) -> Option<PathBuf> {
 /// The folders above `path` as given, then above the file it resolves to (a
 /// symlink is judged by where it points, and by who can re-point it).
 fn folders(what: &'static str, path: &Path) -> Result<(), TrustError> {
-    let absolute = std::path::absolute(path).map_err(|source| TrustError::Unreadable {
+    let unreadable = |source| TrustError::Unreadable {
         what,
         path: path.to_owned(),
         source,
-    })?;
-    let real = std::fs::canonicalize(path).map_err(|source| TrustError::Unreadable {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
+    };
+    let absolute = std::path::absolute(path).map_err(unreadable)?;
+    let real = std::fs::canonicalize(path).map_err(unreadable)?;
     for start in [absolute.parent(), real.parent()].into_iter().flatten() {
         for dir in start.ancestors() {
-            let md = std::fs::metadata(dir).map_err(|source| TrustError::Unreadable {
-                what,
-                path: path.to_owned(),
-                source,
-            })?;
+            let md = std::fs::metadata(dir).map_err(unreadable)?;
             judge(what, path, &format!("the folder {}", dir.display()), &md)?;
         }
     }
     if real != absolute {
-        let md = std::fs::metadata(&real).map_err(|source| TrustError::Unreadable {
-            what,
-            path: path.to_owned(),
-            source,
-        })?;
+        let md = std::fs::metadata(&real).map_err(unreadable)?;
         judge(what, path, &format!("its target {}", real.display()), &md)?;
     }
     Ok(())
