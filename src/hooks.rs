@@ -80,6 +80,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_that_others_can_change_is_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = crate::trust::trusted_test_dir();
+        let mark = t.path().join("ran");
+        let script = t.path().join("notify");
+        std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", mark.display())).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let hooks = [script.display().to_string()];
+        run_all(&hooks, &[], Duration::from_secs(10));
+        assert!(!mark.exists(), "a hook others can write was run");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        run_all(&hooks, &[], Duration::from_secs(10));
+        assert!(mark.exists(), "the same hook, root's alone, did not run");
+    }
+
+    #[test]
     fn a_hanging_hook_is_killed_at_its_timeout() {
         let started = Instant::now();
         assert_eq!(
