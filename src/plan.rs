@@ -983,6 +983,7 @@ mod tests {
             call: crate::toolstack::Call::ListDomains,
             domid: None,
             message: "xenstored down".into(),
+            times: None,
         });
         assert!(plan(&sim, &Policy::default(), &roomy()).is_err());
     }

@@ -22,7 +22,8 @@ use crate::image::{synth, StreamScanner};
 use crate::toolstack::{Call, Request, RestoreSource, Result, SaveSink, Toolstack, ToolstackError};
 
 /// A failure to inject: `call` fails with `message`, for every domain or only
-/// for `domid`.
+/// for `domid`; every time, or only the next `times` times (a transient
+/// fault, then the call works again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
@@ -30,6 +31,8 @@ pub struct Fault {
     #[serde(default)]
     pub domid: Option<DomId>,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
 }
 
 /// A simulated domain: what `info --json` shows, plus how its guest behaves.
@@ -311,9 +314,8 @@ impl Sim {
         domid: Option<DomId>,
         f: impl FnOnce(&mut SimHost) -> Result<T>,
     ) -> Result<T> {
-        let mut host = self.lock();
-        Self::injected(&host, call, domid)?;
-        f(&mut host)
+        self.injected(call, domid)?;
+        f(&mut self.lock())
     }
 
     /// `with` for a call that only looks at the host.
@@ -323,24 +325,32 @@ impl Sim {
         domid: Option<DomId>,
         f: impl FnOnce(&SimHost) -> Result<T>,
     ) -> Result<T> {
-        let host = self.read();
-        Self::injected(&host, call, domid)?;
-        f(&host)
+        self.injected(call, domid)?;
+        f(&self.read())
     }
 
-    /// The fault injected for this call, if any.
-    fn injected(host: &SimHost, call: Call, domid: Option<DomId>) -> Result<()> {
-        match host
+    /// The fault injected for this call, if any; a counted one is used up.
+    fn injected(&self, call: Call, domid: Option<DomId>) -> Result<()> {
+        if self.read().faults.is_empty() {
+            return Ok(());
+        }
+        let mut host = self.lock();
+        let Some(i) = host
             .faults
             .iter()
-            .find(|f| f.call == call && (f.domid.is_none() || f.domid == domid))
-        {
-            Some(fault) => Err(ToolstackError::Injected {
-                call,
-                message: fault.message.clone(),
-            }),
-            None => Ok(()),
+            .position(|f| f.call == call && (f.domid.is_none() || f.domid == domid))
+        else {
+            return Ok(());
+        };
+        let message = host.faults[i].message.clone();
+        match &mut host.faults[i].times {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                host.faults.remove(i);
+            }
+            None => {}
         }
+        Err(ToolstackError::Injected { call, message })
     }
 
     /// Builds a domain from a libxl config, as libxl_domain_create_* would,
@@ -624,7 +634,7 @@ impl Toolstack for Sim {
         // An injected fault fails the call before the stream is read; the
         // stream is read without the host's lock, as libxl reads one image
         // while other guests are worked on.
-        Self::injected(&self.read(), Call::Restore, None)?;
+        self.injected(Call::Restore, None)?;
         let stream = crate::image::read_whole(input, SIM_READ)
             .map_err(|e| ToolstackError::Stream(format!("reading the image failed: {e}")))?;
         let mut scanner = StreamScanner::new();
@@ -833,6 +843,7 @@ mod tests {
             call: Call::DomainDetail,
             domid: Some(2),
             message: "xenstore timeout".into(),
+            times: None,
         });
         assert!(sim.domain_detail(1).is_ok());
         let err = sim.domain_detail(2).unwrap_err();
@@ -845,6 +856,7 @@ mod tests {
             call: Call::ListDomains,
             domid: None,
             message: "down".into(),
+            times: None,
         });
         assert!(sim.list_domains().is_err());
         assert!(sim.version().is_ok());

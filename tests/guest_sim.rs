@@ -177,6 +177,7 @@ fn a_failed_save_resumes_the_guest_and_leaves_no_image() {
         call: Call::Save,
         domid: Some(domid),
         message: "xc_domain_save: EIO".into(),
+        times: None,
     });
     let e = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap_err();
     assert!(
@@ -218,6 +219,7 @@ fn a_failed_resume_is_reported_and_nothing_is_destroyed() {
             call,
             domid: None,
             message: "boom".into(),
+            times: None,
         });
     }
     let e = guest::save(&ts, &name("web-1"), &save_opts(t.path()), &no_progress()).unwrap_err();

@@ -299,6 +299,7 @@ fn a_failed_save_rolls_back_and_nothing_reboots() {
         call: Call::Save,
         domid: Some(db.domid),
         message: "disk error".into(),
+        times: None,
     });
     let boot = boot_loader();
     let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
@@ -326,6 +327,7 @@ fn halt_policy_stops_and_rollback_finishes_it() {
         call: Call::Save,
         domid: Some(ts.resolve(&"cache-1".parse().unwrap()).unwrap().domid),
         message: "disk error".into(),
+        times: None,
     });
     let boot = boot_loader();
     let mut p = policy(t.path(), 1);
@@ -578,6 +580,7 @@ fn a_guest_that_was_back_is_never_restored_from_its_old_image_again() {
         call: Call::Create,
         domid: None,
         message: "no memory".into(),
+        times: None,
     });
     let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
     let e = s2.resume();
@@ -607,6 +610,46 @@ fn a_guest_that_was_back_is_never_restored_from_its_old_image_again() {
         "{:?}",
         second.guests[&back]
     );
+}
+
+/// A restore at resume that libxl fails once while the image is intact (a
+/// hotplug script timed out on a loaded dom0, say) is tried once more, and
+/// the guest comes back from its image with its memory; a second failure
+/// stands, and only then is the guest cold booted.
+#[test]
+fn a_restore_that_fails_once_is_tried_again_before_a_cold_boot() {
+    for (fails, step) in [(1, Step::Restore), (2, Step::ColdBoot)] {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let ts = Sim::new(h.clone()).unwrap();
+        let want = guests(&ts);
+        let boot = boot_loader();
+        let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+        s.drain().unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot);
+        after.inject(Fault {
+            call: Call::Restore,
+            domid: None,
+            message: "hotplug script timed out".into(),
+            times: Some(fails),
+        });
+        let s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
+        let (_, state) = s2.resume().unwrap().unwrap();
+        assert_all_back(&after, &want, "after the resume");
+        let mut steps: Vec<Step> = state
+            .guests
+            .values()
+            .map(|g| match g {
+                GuestState::Back { step, .. } => *step,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        steps.sort_by_key(|s| *s == Step::Restore);
+        // The first guest restored met the fault; the others restored at once.
+        assert_eq!(steps[0], step, "{fails} failure(s): {steps:?}");
+        assert!(steps[1..].iter().all(|s| *s == Step::Restore), "{steps:?}");
+    }
 }
 
 /// A drain writes every guest's config under its own name (no temp name)
@@ -838,6 +881,7 @@ fn a_failing_toolstack_call_at_any_step_loses_no_guest() {
                 call,
                 domid,
                 message: "injected".into(),
+                times: None,
             };
             if at_drain {
                 ts.inject(fault.clone());
@@ -1164,6 +1208,7 @@ fn a_failed_save_under_the_pause_gate_holds_nobody_up() {
         call: Call::Save,
         domid: Some(third),
         message: "disk error".into(),
+        times: None,
     });
     let p = Policy {
         live: true,

@@ -371,7 +371,22 @@ impl Sequencer<'_> {
                 paused: false,
                 allow_programs: self.policy.allow_image_programs,
             };
-            match guest::restore(self.ts, &image, &opts, &|_| {}) {
+            let mut restored = guest::restore(self.ts, &image, &opts, &|_| {});
+            // libxl failed and the image read back intact (the restore
+            // checks that before blaming libxl): a cause outside the image,
+            // often passing (a hotplug script killed after libxl's fixed
+            // 40 s on a loaded dom0). Once more before a cold boot throws
+            // the guest's memory away, if nothing of the first try is left.
+            if let Err(e @ OpError::Toolstack(_)) = &restored {
+                if !self.ts.list_domains()?.iter().any(|d| d.uuid == g.uuid) {
+                    log::warn!(
+                        "{}: restore failed ({e}); its image is intact: restoring once more",
+                        g.name
+                    );
+                    restored = guest::restore(self.ts, &image, &opts, &|_| {});
+                }
+            }
+            match restored {
                 Ok(r) => {
                     self.record(run, back(g.uuid, Step::Restore, r.domid))?;
                     return Ok(true);
