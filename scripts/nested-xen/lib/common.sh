@@ -52,3 +52,43 @@ nx_vm_lock() {
     sleep 2
   done
 }
+
+# nx_cpu_capacity: the CPUs the nested VMs may use, as "CPUS WHY" (CPUS with two decimals):
+# this machine's CPUs, less what a CPU quota allows them (NESTED_XEN_SLOW's cgroup, which
+# QEMU joins, or the quota of a cgroup this runs in and of each above it, v1 or v2). A quota
+# is a pool the lanes share; a machine that is merely slow per CPU still runs two VMs side
+# by side, so steal time does not count here.
+nx_cpu_capacity() {
+  local n cap why="" rel d q p f
+  n=$(nproc); cap=$n
+  if awk -v f="${NESTED_XEN_SLOW:-1}" 'BEGIN { exit !(f > 1) }'; then
+    cap=$(awk -v n="$n" -v f="$NESTED_XEN_SLOW" 'BEGIN { printf "%.2f", n / f }')
+    why="NESTED_XEN_SLOW=$NESTED_XEN_SLOW"
+  else
+    # cgroup v2 (the "0::" line) or v1's cpu controller ("N:cpu,cpuacct:" or "N:cpu:").
+    if rel=$(sed -n 's/^0:://p' /proc/self/cgroup) && [ -n "$rel" ] && [ -r /sys/fs/cgroup/cgroup.controllers ]; then
+      d=/sys/fs/cgroup$rel
+      while [[ "$d" == /sys/fs/cgroup* ]]; do
+        if [ -r "$d/cpu.max" ] && read -r q p < "$d/cpu.max" && [ "$q" != max ]; then
+          f=$(awk -v q="$q" -v p="$p" 'BEGIN { printf "%.2f", q / p }')
+          if awk -v a="$f" -v b="$cap" 'BEGIN { exit !(a < b) }'; then cap=$f; why="quota of $d"; fi
+        fi
+        [ "$d" = /sys/fs/cgroup ] && break
+        d=${d%/*}
+      done
+    elif rel=$(sed -n 's/^[0-9]*:\([^:]*,\)\{0,1\}cpu\(,[^:]*\)\{0,1\}://p' /proc/self/cgroup | head -n1) && [ -n "$rel" ]; then
+      for base in /sys/fs/cgroup/cpu /sys/fs/cgroup/cpu,cpuacct; do [ -r "$base/cpu.cfs_quota_us" ] && break; done
+      d=$base${rel%/}
+      while [[ "$d" == "$base"* ]]; do
+        if [ -r "$d/cpu.cfs_quota_us" ] && q=$(cat "$d/cpu.cfs_quota_us") && [ "$q" -gt 0 ]; then
+          p=$(cat "$d/cpu.cfs_period_us")
+          f=$(awk -v q="$q" -v p="$p" 'BEGIN { printf "%.2f", q / p }')
+          if awk -v a="$f" -v b="$cap" 'BEGIN { exit !(a < b) }'; then cap=$f; why="quota of $d"; fi
+        fi
+        [ "$d" = "$base" ] && break
+        d=${d%/*}
+      done
+    fi
+  fi
+  echo "$cap ${why:-no CPU quota}"
+}
