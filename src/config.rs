@@ -18,6 +18,10 @@
 //! hook_s = 60.0                # a hook running longer is killed (the run goes on)
 //! allow_image_programs = false # true: restore guests whose config names programs for dom0
 //!                              # (hotplug scripts, bootloader, device model) outside Xen's folders
+//! paused = "refuse"            # or "save": a guest paused by hand is saved, brought back paused
+//! kept = "refuse"              # or "dump": a domain kept after a shutdown or crash has its core
+//!                              # written to the run's image folder, then is destroyed
+//! dying_wait_s = 0.0           # seconds a drain waits for dying domains to go (0: they block it)
 //! save_mib_s = 100.0           # for plan's estimates
 //! restore_mib_s = 100.0
 //! shutdown_s = 30.0
@@ -104,8 +108,9 @@ mod tests {
             &p,
             "default_action = \"shutdown\"\nconcurrency = 4\nkeep_images = false\n\
              pause_together = true\nleave_suspended = true\n\
-             hooks = [\"/usr/local/sbin/notify\"]\nverify_s = 30.0\n[guests.db-1]\npriority = 10\n\
-             [guests.web-1]\naction = \"save\"\n",
+             hooks = [\"/usr/local/sbin/notify\"]\nverify_s = 30.0\n\
+             paused = \"save\"\nkept = \"dump\"\ndying_wait_s = 20.0\n[guests.db-1]\npriority = 10\n\
+             [guests.web-1]\naction = \"save\"\n[guests.old-1]\naction = \"dump\"\n",
         )
         .unwrap();
         let policy = load_policy(Some(&p)).unwrap();
@@ -119,6 +124,19 @@ mod tests {
         assert!(policy.leave_suspended && !Policy::default().leave_suspended);
         assert_eq!(policy.hooks, ["/usr/local/sbin/notify"]);
         assert_eq!(policy.verify_s, 30.0);
+        assert_eq!(policy.paused, crate::plan::PausedChoice::Save);
+        assert_eq!(policy.kept, crate::plan::KeptChoice::Dump);
+        assert_eq!(policy.dying_wait_s, 20.0);
+        assert_eq!(policy.guests["old-1"].action, Some(Action::Dump));
+        let d = Policy::default();
+        assert_eq!(
+            (d.paused, d.kept, d.dying_wait_s),
+            (
+                crate::plan::PausedChoice::Refuse,
+                crate::plan::KeptChoice::Refuse,
+                0.0
+            )
+        );
     }
 
     #[test]
@@ -131,6 +149,7 @@ mod tests {
             ("concurrency = 0\n", "at least 1"),
             ("concurrency = -2\n", "at least 1"),
             ("concurrency = \"fast\"\n", "or \"auto\""),
+            ("kept = \"delete\"\n", "unknown variant"),
             ("[guests\n", ""),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -21,6 +21,36 @@ pub enum Action {
     Shutdown,
     /// Left alone (and lost by the reboot if it runs): only by explicit policy.
     Skip,
+    /// For a domain kept after a shutdown or a crash: its memory written to
+    /// a core file in the run's image directory (`xl dump-core`), then the
+    /// domain destroyed; not brought back (it was not running).
+    Dump,
+}
+
+/// What a run does with a guest paused by hand (policy key `paused`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PausedChoice {
+    /// The plan refuses it: unpause it, or skip it.
+    #[default]
+    Refuse,
+    /// Unpaused only for the suspend handshake, saved, and brought back
+    /// paused (restored paused; a cold boot is left paused too).
+    Save,
+}
+
+/// What a run does with a domain kept after a shutdown or a crash (xl's
+/// `s` and `c`; policy key `kept`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptChoice {
+    /// The plan refuses it: take what it was kept for and destroy it, or
+    /// skip it (the reboot discards it).
+    #[default]
+    Refuse,
+    /// Action "dump": its core written to the run's image directory, then
+    /// destroyed.
+    Dump,
 }
 
 /// The administrator's choices for one guest.
@@ -162,6 +192,15 @@ pub struct Policy {
     /// Xen's own folders (see `image::programs`); off: such a guest blocks
     /// the plan, and its restore is refused.
     pub allow_image_programs: bool,
+    /// Guests paused by hand: refused (the default) or saved and brought
+    /// back paused.
+    pub paused: PausedChoice,
+    /// Domains kept after a shutdown or crash: refused (the default) or
+    /// core-dumped and destroyed.
+    pub kept: KeptChoice,
+    /// Seconds a drain waits for dying domains to go before it plans; 0
+    /// (the default): a dying domain blocks the plan.
+    pub dying_wait_s: f64,
 }
 
 impl Default for Policy {
@@ -186,6 +225,9 @@ impl Default for Policy {
             hooks: Vec::new(),
             hook_s: 60.0,
             allow_image_programs: false,
+            paused: PausedChoice::Refuse,
+            kept: KeptChoice::Refuse,
+            dying_wait_s: 0.0,
         }
     }
 }
@@ -422,32 +464,71 @@ fn survey(
             .guests
             .get(&info.name)
             .or_else(|| policy.guests.get(&info.uuid.to_string()));
-        let action = chosen
-            .and_then(|g| g.action)
-            .unwrap_or(policy.default_action);
+        let advertised = match info.state {
+            DomainState::Running | DomainState::Blocked => ts.pv_connected(info.domid)?,
+            _ => None,
+        };
+        let condition = Condition::of(&info, advertised);
+        let kept = matches!(condition, Condition::Preserved | Condition::Crashed);
+        let action = match chosen.and_then(|g| g.action) {
+            Some(action) => action,
+            None if kept && policy.kept == KeptChoice::Dump => Action::Dump,
+            None => policy.default_action,
+        };
         let priority = chosen.map_or(0, |g| g.priority);
         let finding = |severity, message: String| Finding {
             severity,
             guest: Some(info.name.clone()),
             message,
         };
-        let advertised = match info.state {
-            DomainState::Running | DomainState::Blocked => ts.pv_connected(info.domid)?,
-            _ => None,
-        };
-        let condition = Condition::of(&info, advertised);
         // Skip is the administrator's explicit choice: the reboot stops or
         // discards it, and a warning below says so.
         let refused = match action {
             Action::Skip => None,
             Action::Shutdown if condition.can_shut_down() => None,
+            Action::Save
+                if condition == Condition::Paused && policy.paused == PausedChoice::Save =>
+            {
+                findings.push(finding(
+                    Severity::Warning,
+                    "is paused: unpaused only for the suspend handshake, saved, and brought \
+                     back paused (policy paused = \"save\")"
+                        .into(),
+                ));
+                None
+            }
+            Action::Dump if kept => None,
+            Action::Dump => Some(
+                "has action \"dump\", which is for a domain kept after a shutdown or crash \
+                 (xl's s or c): give it \"save\", \"shutdown\" or \"skip\"",
+            ),
+            _ if condition == Condition::Dying && policy.dying_wait_s > 0.0 => {
+                findings.push(finding(
+                    Severity::Warning,
+                    format!(
+                        "is dying: a drain waits up to {} s for it to go, and refuses to \
+                         start if it stays (dying_wait_s)",
+                        policy.dying_wait_s
+                    ),
+                ));
+                None
+            }
             _ => condition.why_not(),
         };
         if let Some(why) = refused {
             findings.push(finding(Severity::Error, why.into()));
         }
+        if action == Action::Dump && refused.is_none() {
+            findings.push(finding(
+                Severity::Warning,
+                format!(
+                    "is {condition} and kept: its core goes to the run's image directory, then \
+                     it is destroyed and not brought back"
+                ),
+            ));
+        }
         let config = detail.config.as_ref();
-        if action != Action::Skip && config.is_none() {
+        if matches!(action, Action::Save | Action::Shutdown) && config.is_none() {
             findings.push(finding(
                 Severity::Error,
                 "was not created by libxl (no stored config): xenmaint cannot bring it back \
@@ -490,15 +571,17 @@ fn survey(
                 .into(),
             ));
         }
-        let image = if action == Action::Save {
-            image_bytes(info.memory_kib)
-        } else {
-            0
+        let image = match action {
+            Action::Save => image_bytes(info.memory_kib),
+            // An ELF core holds the guest's memory and little else.
+            Action::Dump => info.memory_kib * 1024,
+            Action::Shutdown | Action::Skip => 0,
         };
         let mib = image as f64 / f64::from(1 << 20);
         let (est_drain_s, est_resume_s) = match action {
             Action::Save => (mib / policy.save_mib_s, mib / policy.restore_mib_s),
             Action::Shutdown => (policy.shutdown_s, policy.shutdown_s),
+            Action::Dump => (mib / policy.save_mib_s, 0.0),
             Action::Skip => (0.0, 0.0),
         };
         let guest = PlannedGuest {
@@ -516,7 +599,7 @@ fn survey(
             nics: detail.nics,
         };
         let text = config
-            .filter(|_| keep_configs && action != Action::Skip)
+            .filter(|_| keep_configs && matches!(action, Action::Save | Action::Shutdown))
             .map(|c| {
                 let mut text = Vec::with_capacity(CONFIG_TEXT);
                 serde_json::to_writer_pretty(&mut text, c).expect("JSON serialises");
@@ -803,6 +886,30 @@ mod tests {
             policy.guests.insert(g.name.clone(), skip(Action::Shutdown));
             let shut = plan(&ts, &policy, &roomy()).unwrap();
             assert_eq!(shut.blocked(), want != C::NoSuspend, "{want:?} shut down");
+
+            // The policy's own choices: each lets exactly its state through,
+            // with a warning naming the guest.
+            let chosen = Policy {
+                paused: PausedChoice::Save,
+                kept: KeptChoice::Dump,
+                dying_wait_s: 10.0,
+                ..Policy::default()
+            };
+            let p = plan(&ts, &chosen, &roomy()).unwrap();
+            let through = matches!(want, C::Paused | C::Preserved | C::Crashed | C::Dying);
+            assert_eq!(
+                p.blocked(),
+                !through,
+                "{want:?} by policy: {:?}",
+                p.findings
+            );
+            let g = p.guests.iter().find(|o| o.name == g.name).unwrap();
+            let dumped = matches!(want, C::Preserved | C::Crashed);
+            assert_eq!(g.action == Action::Dump, dumped, "{want:?}");
+            if through {
+                assert!(p.findings.iter().any(|f| f.severity == Severity::Warning
+                    && f.guest.as_deref() == Some(g.name.as_str())));
+            }
         }
     }
 

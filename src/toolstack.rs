@@ -54,6 +54,7 @@ pub enum Call {
     Unpause,
     Shutdown,
     Reboot,
+    CoreDump,
 }
 
 /// What a guest is asked to do by `request`.
@@ -181,6 +182,10 @@ pub trait Toolstack: Sync {
     fn create(&self, config: &serde_json::Value) -> Result<DomId>;
 
     fn pause(&self, domid: DomId) -> Result<()>;
+
+    /// Writes the domain's memory to `path` as an ELF core (`xl
+    /// dump-core`): a crashed guest kept for its post-mortem.
+    fn core_dump(&self, domid: DomId, path: &std::path::Path) -> Result<()>;
 
     fn unpause(&self, domid: DomId) -> Result<()>;
 

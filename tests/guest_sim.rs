@@ -263,6 +263,7 @@ fn publishing_never_replaces_an_image_or_a_manifest() {
     let opts = SaveOptions {
         out: Some(image.clone()),
         fresh_dir: true,
+        paused_ok: false,
         ..save_opts(t.path())
     };
     for planted in [&image, &manifest] {

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use xenmaint::condition::Condition;
 use xenmaint::domain::{DomainState, ShutdownReason};
-use xenmaint::plan::{Action, GuestPolicy, Policy};
-use xenmaint::sequencer::{GuestState, Outcome, SeqError};
-use xenmaint::sim::{Sim, SimDomain, SimHost};
-use xenmaint::toolstack::Toolstack;
+use xenmaint::guest::{self, OpError, SaveOptions};
+use xenmaint::plan::{Action, GuestPolicy, KeptChoice, PausedChoice, Policy};
+use xenmaint::sequencer::{GuestState, Outcome, SeqError, Step};
+use xenmaint::sim::{Fault, Sim, SimDomain, SimHost};
+use xenmaint::toolstack::{Call, Toolstack};
 
 mod common;
 
@@ -131,4 +132,228 @@ fn with_the_policy_s_choice_the_run_brings_the_others_back() {
         assert_eq!(done.outcome, Some(Outcome::Resumed), "{c:?}");
         assert_all_back(&after, &want, &format!("{c:?}"));
     }
+}
+
+/// `paused = "save"`: the paused guest is unpaused for the suspend
+/// handshake only, saved, and after the reboot restored paused from its
+/// image (not cold booted), never probed at its addresses (it cannot
+/// answer); the others come back running.
+#[test]
+fn a_paused_guest_is_saved_and_comes_back_paused() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = with_web(&h, Condition::Paused);
+    let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
+    let mut want = guests(&ts);
+    want.remove("web-1");
+    let p = Policy {
+        paused: PausedChoice::Save,
+        ..policy(t.path(), 2)
+    };
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    let (_, drained) = s.drain().unwrap();
+    assert!(
+        matches!(drained.guests[&web.uuid], GuestState::Saved { .. }),
+        "{:?}",
+        drained.guests[&web.uuid]
+    );
+    assert!(
+        ts.suspends().iter().any(|(d, _)| *d == web.domid),
+        "suspended through the handshake: {:?}",
+        ts.suspends()
+    );
+    s.patch("true", "xen-new").unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    let s2 = seq(&after, &boot, t.path(), p, &never);
+    let (_, done) = s2.resume().unwrap().unwrap();
+    assert_eq!(done.outcome, Some(Outcome::Resumed));
+    assert!(
+        matches!(
+            done.guests[&web.uuid],
+            GuestState::Back {
+                step: Step::Restore,
+                ..
+            }
+        ),
+        "{:?}",
+        done.guests[&web.uuid]
+    );
+    let now = after.find_uuid(web.uuid).unwrap().expect("web-1 is back");
+    assert_eq!(now.state, DomainState::Paused, "back paused, as it was");
+    assert!(done.verified[&web.uuid].ok(), "not probed while paused");
+    after.destroy(now.domid).unwrap();
+    assert_all_back(&after, &want, "the others");
+}
+
+/// A save of a paused guest that fails pauses it again once resumed: the
+/// administrator finds it as they left it, and the error says so.
+#[test]
+fn a_failed_save_of_a_paused_guest_leaves_it_paused() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = with_web(&host(t.path()), Condition::Paused);
+    ts.inject(Fault {
+        call: Call::Save,
+        domid: None,
+        message: "disk full".into(),
+        times: None,
+    });
+    let opts = SaveOptions {
+        paused_ok: true,
+        ..common::save_opts(t.path())
+    };
+    let e = guest::save(&ts, &"web-1".parse().unwrap(), &opts, &|_| {}).unwrap_err();
+    assert!(e.to_string().contains("paused again"), "{e}");
+    assert_eq!(domains(&ts)["web-1"].0, DomainState::Paused);
+    let refused = guest::save(
+        &ts,
+        &"web-1".parse().unwrap(),
+        &common::save_opts(t.path()),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(refused, OpError::Paused(_)), "{refused}");
+}
+
+/// `kept = "dump"`: a domain kept after a poweroff or a crash has its core
+/// written to the run's image directory, durable, then is destroyed; the
+/// run goes on, and the resume brings the others back and not it.
+#[test]
+fn a_kept_domain_is_dumped_and_not_brought_back() {
+    for c in [Condition::Preserved, Condition::Crashed] {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let ts = with_web(&h, c);
+        let uuid = ts.resolve(&"web-1".parse().unwrap()).unwrap().uuid;
+        let mut want = guests(&ts);
+        want.remove("web-1");
+        let p = Policy {
+            kept: KeptChoice::Dump,
+            ..policy(t.path(), 2)
+        };
+        let boot = boot_loader();
+        let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+        let (id, drained) = s.drain().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        let core = p.image_dir.join(&id).join(format!("{uuid}.core"));
+        assert_eq!(
+            drained.guests[&uuid],
+            GuestState::Dumped { core: core.clone() },
+            "{c:?}"
+        );
+        let text = std::fs::read_to_string(&core).unwrap();
+        assert!(text.contains("core of web-1"), "{text}");
+        assert!(ts.find_uuid(uuid).unwrap().is_none(), "{c:?}: destroyed");
+        s.patch("true", "xen-new").unwrap();
+        s.reboot("true", None).unwrap();
+        let after = rebooted(&h, &boot);
+        let s2 = seq(&after, &boot, t.path(), p, &never);
+        let (_, done) = s2.resume().unwrap().unwrap();
+        assert_eq!(done.outcome, Some(Outcome::Resumed), "{c:?}");
+        assert_all_back(&after, &want, &format!("{c:?}"));
+        assert!(core.exists(), "{c:?}: the core outlives the run");
+    }
+}
+
+/// "dump" given to a guest that runs is a plan error: a running guest is
+/// saved or shut down, never dumped and destroyed.
+#[test]
+fn dump_is_refused_for_a_running_guest() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = with_web(&host(t.path()), Condition::Saveable);
+    let mut p: Policy = policy(t.path(), 2);
+    p.guests.insert(
+        "web-1".into(),
+        GuestPolicy {
+            action: Some(Action::Dump),
+            priority: 0,
+        },
+    );
+    let before = domains(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p, &never);
+    assert!(matches!(s.drain(), Err(SeqError::PlanBlocked)));
+    assert_eq!(domains(&ts), before);
+}
+
+/// A crash at every journal write of a run that dumps a crashed domain:
+/// rollback (no power cut) or resume (power cut) brings every other guest
+/// back, and the dumped domain is never started from an image or config.
+#[test]
+fn a_crash_at_any_point_of_a_dump_loses_nothing() {
+    let p = |dir: &std::path::Path| Policy {
+        kept: KeptChoice::Dump,
+        ..policy(dir, 1)
+    };
+    let count = {
+        let t = tempfile::tempdir().unwrap();
+        let ts = with_web(&host(t.path()), Condition::Crashed);
+        let boot = boot_loader();
+        let count = CrashAt::new(usize::MAX);
+        let f = |w: &str| count.hit(w);
+        seq(&ts, &boot, t.path(), p(t.path()), &f).drain().unwrap();
+        count.seen.into_inner()
+    };
+    assert!(count >= 4, "saw {count} failpoints");
+    for k in 0..count {
+        for power_cut in [false, true] {
+            let t = tempfile::tempdir().unwrap();
+            let h = host(t.path());
+            let ts = with_web(&h, Condition::Crashed);
+            let web = ts.resolve(&"web-1".parse().unwrap()).unwrap().uuid;
+            let mut want = guests(&ts);
+            want.remove("web-1");
+            let boot = boot_loader();
+            let crash = CrashAt::new(k);
+            let f = |w: &str| crash.hit(w);
+            let e = seq(&ts, &boot, t.path(), p(t.path()), &f).drain();
+            assert!(matches!(e, Err(SeqError::Crashed(_))), "k={k}: {e:?}");
+            let ctx = format!("crash at failpoint {k}, power cut: {power_cut}");
+            let host_now = if power_cut { rebooted(&h, &boot) } else { ts };
+            let s = seq(&host_now, &boot, t.path(), p(t.path()), &never);
+            let r = if power_cut { s.resume() } else { s.rollback() };
+            if let Err(e) = r {
+                panic!("{ctx}: {e}");
+            }
+            let running = host_now
+                .find_uuid(web)
+                .unwrap()
+                .filter(|d| matches!(d.state, DomainState::Running | DomainState::Blocked));
+            assert!(running.is_none(), "{ctx}: the dumped domain was started");
+            let mut others = guests(&host_now);
+            others.remove("web-1");
+            assert_eq!(others, want, "{ctx}");
+        }
+    }
+}
+
+/// `dying_wait_s`: a drain waits for a dying domain to go, then plans
+/// without it; one that stays dying blocks the drain once the wait is up.
+#[test]
+fn a_dying_domain_is_waited_for_within_a_bound() {
+    let t = tempfile::tempdir().unwrap();
+    let ts = with_web(&host(t.path()), Condition::Dying);
+    let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
+    let boot = boot_loader();
+    let p = Policy {
+        dying_wait_s: 0.3,
+        ..policy(t.path(), 2)
+    };
+    let started = std::time::Instant::now();
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    assert!(matches!(s.drain(), Err(SeqError::PlanBlocked)));
+    assert!(started.elapsed().as_secs_f64() >= 0.3, "waited its bound");
+    let p = Policy {
+        dying_wait_s: 30.0,
+        ..p
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            ts.destroy(web.domid).unwrap();
+        });
+        let s = seq(&ts, &boot, t.path(), p, &never);
+        let (_, drained) = s.drain().unwrap();
+        assert!(!drained.plan.guests.iter().any(|g| g.uuid == web.uuid));
+    });
 }

@@ -536,6 +536,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 // One guest: nothing to pause together with.
                 gate: None,
                 fresh_dir: false,
+                paused_ok: false,
             };
             guest::save(ts, domain, &opts, &out, args.quiet)?
         }

@@ -39,6 +39,7 @@ pub fn plan(
                         Action::Save => "save",
                         Action::Shutdown => "shutdown",
                         Action::Skip => "skip",
+                        Action::Dump => "dump",
                     }
                     .into(),
                     g.condition.to_string(),

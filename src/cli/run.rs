@@ -145,6 +145,10 @@ fn describe(st: &GuestState) -> String {
             step: Step::Outside,
         } => format!("started outside this run, as domain {domid}"),
         GuestState::Gone { how } => format!("{}: left stopped", printable(how)),
+        GuestState::Dumped { core } => format!(
+            "core written to {}, destroyed (kept after a shutdown or crash; not brought back)",
+            core.display()
+        ),
         GuestState::Back { domid, step } => {
             format!(
                 "back as domain {domid} ({})",

@@ -5,6 +5,7 @@
 //!
 //! Everything here speaks the `Toolstack` trait only.
 
+mod core;
 mod power;
 mod restore;
 mod save;
@@ -12,6 +13,7 @@ mod save;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use core::dump_core;
 pub use power::{destroy, pause, power, PowerOptions, PowerReport};
 pub use restore::{restore, verify, RestoreOptions, RestoreReport, VerifyReport};
 pub use save::{save, AfterSave, PauseGate, SaveOptions, SaveReport};
@@ -93,6 +95,14 @@ pub enum OpError {
         what: &'static str,
         secs: u64,
     },
+    #[error(
+        "refusing to dump the core of {name}: it is {state:?}, not kept after a shutdown or \
+         crash (a guest that runs is saved)"
+    )]
+    NotKept {
+        name: String,
+        state: crate::domain::DomainState,
+    },
     #[error("{0} did not come back after its reboot")]
     RebootLost(DomainRef),
 }
@@ -109,12 +119,18 @@ pub enum Recovery {
     Stopped,
     /// The guest is paused (by someone), not suspended: left paused.
     Paused,
+    /// A guest that was paused when its save began: resumed, and paused
+    /// again as it was.
+    PausedAgain,
 }
 
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Recovery::Resumed => f.write_str("the guest was resumed and keeps running"),
+            Recovery::PausedAgain => {
+                f.write_str("the guest was resumed and paused again, as it was before the save")
+            }
             Recovery::Paused => f.write_str(
                 "the guest is paused, not suspended (a paused PV guest cannot answer the \
                  suspend request): left paused, its memory intact; `xl unpause` it to go on",

@@ -37,6 +37,11 @@ pub struct SaveOptions<'a> {
     /// look before the guest is touched is left out (two lookups per save).
     /// Publishing refuses to replace an image or a manifest either way.
     pub fresh_dir: bool,
+    /// A guest paused by hand is saved, not refused: unpaused only for the
+    /// suspend handshake (a paused guest cannot answer it), and paused
+    /// again if it runs on afterwards (kept running, or resumed after a
+    /// failure). Off: refused at once (`OpError::Paused`).
+    pub paused_ok: bool,
 }
 
 /// Lets guests saved live together pause together. libxc pauses a guest
@@ -222,7 +227,8 @@ pub fn save(
     if info.domid == 0 {
         return Err(OpError::Dom0("save"));
     }
-    if info.state == DomainState::Paused {
+    let was_paused = info.state == DomainState::Paused;
+    if was_paused && !opts.paused_ok {
         return Err(OpError::Paused(info.name));
     }
     let (detail, config) = ts.domain_detail_text(info.domid)?;
@@ -265,6 +271,13 @@ pub fn save(
     }
 
     steps.done("created the image file");
+    if was_paused {
+        if let Err(e) = ts.unpause(info.domid) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        steps.done("unpaused the guest for the suspend handshake");
+    }
     // From here on the guest is (being) suspended: every failure resumes it.
     let started = Instant::now();
     let saved = ts
@@ -365,6 +378,10 @@ pub fn save(
                 let _ = std::fs::remove_file(manifest_path(&image));
             }
             let outcome = not_to_resume(ts, &info).unwrap_or_else(|| match ts.resume(info.domid) {
+                Ok(()) if was_paused => match ts.pause(info.domid) {
+                    Ok(()) => Recovery::PausedAgain,
+                    Err(_) => Recovery::Resumed,
+                },
                 Ok(()) => Recovery::Resumed,
                 Err(e) => Recovery::ResumeFailed(e),
             });
@@ -393,6 +410,9 @@ pub fn save(
     match then {
         AfterSave::Resume => {
             ts.resume(info.domid)?;
+            if was_paused {
+                ts.pause(info.domid)?;
+            }
             steps.done("resumed the guest");
         }
         AfterSave::Destroy => {

@@ -359,6 +359,10 @@ impl Toolstack for Libxl {
         lifecycle::unpause(self, domid)
     }
 
+    fn core_dump(&self, domid: DomId, path: &std::path::Path) -> Result<()> {
+        lifecycle::core_dump(self, domid, path)
+    }
+
     fn request(&self, domid: DomId, what: Request) -> Result<()> {
         lifecycle::request(self, domid, what)
     }

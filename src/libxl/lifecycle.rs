@@ -269,6 +269,17 @@ pub(super) fn destroy(lx: &Libxl, domid: DomId) -> Result<()> {
     })
 }
 
+pub(super) fn core_dump(lx: &Libxl, domid: DomId, path: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let file = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ToolstackError::Stream(format!("{}: a NUL in the path", path.display())))?;
+    // SAFETY: ctx live; `file` is a NUL-terminated string that outlives
+    // the call; synchronous (no ao_how).
+    check("libxl_domain_core_dump", domid, unsafe {
+        sys::libxl_domain_core_dump(lx.ctx(), domid, file.as_ptr(), std::ptr::null())
+    })
+}
+
 pub(super) fn pause(lx: &Libxl, domid: DomId) -> Result<()> {
     // SAFETY: ctx live; synchronous.
     check("libxl_domain_pause", domid, unsafe {

@@ -18,7 +18,7 @@ use crate::durable;
 use crate::guest::{self, AfterSave, PauseGate, SaveOptions};
 use crate::image::DiskIdentity;
 use crate::journal::Journal;
-use crate::plan::{self, Action, PlannedGuest, Severity};
+use crate::plan::{self, Action, PausedChoice, PlannedGuest, Severity};
 use crate::toolstack::Request;
 
 /// Live saves that may wait at the pause gate at once, each a running guest
@@ -111,7 +111,8 @@ impl Sequencer<'_> {
     /// A new run: its directory, every guest's config, its journal, and
     /// `current` naming it. Returns it with the guests to drain.
     fn start_run(&self) -> Result<(String, Run, Vec<PlannedGuest>)> {
-        let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
+        let (plan, configs) =
+            plan::plan_with_configs(self.ts, &*self.planning_policy()?, self.facts)?;
         if plan.blocked() {
             return Err(SeqError::PlanBlocked);
         }
@@ -166,7 +167,8 @@ impl Sequencer<'_> {
     /// is recorded as started outside the run, and its image, older than
     /// its disk now, is deleted; a guest whose step failed is tried again.
     fn take_in(&self, run: &Run) -> Result<Vec<PlannedGuest>> {
-        let (plan, configs) = plan::plan_with_configs(self.ts, &self.policy, self.facts)?;
+        let (plan, configs) =
+            plan::plan_with_configs(self.ts, &*self.planning_policy()?, self.facts)?;
         let state = run.state()?;
         // A guest this run stopped whose domain holds nothing that runs
         // (left suspended, shut down and kept, dying) is accounted for,
@@ -287,6 +289,7 @@ impl Sequencer<'_> {
             Action::Save => Step::Save,
             Action::Shutdown => Step::Shutdown,
             Action::Skip => return Ok(true),
+            Action::Dump => return self.dump_guest(run, id, g),
         };
         let mut retried = false;
         let mut during = false;
@@ -363,6 +366,10 @@ impl Sequencer<'_> {
                     gate,
                     // The run's own image directory, made by this drain.
                     fresh_dir: true,
+                    // A guest planned paused, under `paused = "save"`: unpaused for
+                    // the suspend handshake only.
+                    paused_ok: g.condition == Condition::Paused
+                        && self.policy.paused == PausedChoice::Save,
                 },
                 &|_| {},
             )
@@ -376,6 +383,76 @@ impl Sequencer<'_> {
             )
             .map(|_| None)
             .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The policy a drain plans with. With `dying_wait_s`, the dying
+    /// domains are waited for first (bounded); the plan is then made with a
+    /// policy that waits no more, so one still dying blocks it.
+    fn planning_policy(&self) -> Result<std::borrow::Cow<'_, plan::Policy>> {
+        let wait = self.policy.dying_wait_s;
+        if wait <= 0.0 {
+            return Ok(std::borrow::Cow::Borrowed(&self.policy));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait);
+        let mut said = false;
+        loop {
+            let dying: Vec<String> = self
+                .ts
+                .list_domains()?
+                .into_iter()
+                .filter(|d| d.domid != 0 && d.state == DomainState::Dying)
+                .map(|d| d.name)
+                .collect();
+            if dying.is_empty() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            if !said {
+                log::warn!("waiting up to {wait} s for dying domain(s) to go: {dying:?}");
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(std::borrow::Cow::Owned(plan::Policy {
+            dying_wait_s: 0.0,
+            ..self.policy.clone()
+        }))
+    }
+
+    /// A domain kept after a shutdown or crash, action "dump": its core to
+    /// the run's image directory, then destroyed. Not brought back later.
+    fn dump_guest(&self, run: &Run, id: &str, g: &PlannedGuest) -> Result<bool> {
+        let Some(d) = self.find(g.uuid)? else {
+            return self.gone(run, id, g, false, false);
+        };
+        self.record(
+            run,
+            Record::Begin {
+                uuid: g.uuid,
+                step: Step::Dump,
+                observation: None,
+            },
+        )?;
+        let core = self
+            .policy
+            .image_dir
+            .join(id)
+            .join(format!("{}.core", g.uuid));
+        match guest::dump_core(self.ts, d.domid, &core) {
+            Ok(()) => {
+                log::warn!("{}: core written to {}; destroyed", g.name, core.display());
+                self.record(
+                    run,
+                    Record::Done {
+                        uuid: g.uuid,
+                        step: Step::Dump,
+                        image: Some(core),
+                        domid: None,
+                    },
+                )?;
+                Ok(true)
+            }
+            Err(e) => self.failed(run, g, Step::Dump, e.to_string()),
         }
     }
 

@@ -54,6 +54,9 @@ pub enum Step {
     /// Stopped by the run, then started again by someone else (restored or
     /// created by hand): running, but not by this run's doing.
     Outside,
+    /// A domain kept after a shutdown or crash: its core written, then
+    /// destroyed.
+    Dump,
 }
 
 /// A journal record. Every step is recorded before (`Begin`) and after
@@ -288,6 +291,11 @@ pub enum GuestState {
     Gone {
         how: String,
     },
+    /// Kept after a shutdown or crash: its core written here, the domain
+    /// destroyed; not brought back.
+    Dumped {
+        core: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -458,6 +466,7 @@ impl RunState {
                 let state = match (step, image, domid) {
                     (Step::Save, Some(image), _) => GuestState::Saved { image },
                     (Step::Shutdown, _, _) => GuestState::ShutDown,
+                    (Step::Dump, Some(core), _) => GuestState::Dumped { core },
                     (step, _, Some(domid)) => GuestState::Back { domid, step },
                     (step, _, None) => GuestState::Failed {
                         step,

@@ -11,6 +11,7 @@ use super::{
     config_path, run_id, GuestState, Observation, Outcome, Phase, Record, Result, Run, RunState,
     SeqError, Sequencer, Step, Verification,
 };
+use crate::condition::Condition;
 use crate::domain::{DomId, DomainState, ShutdownReason, Uuid};
 use crate::durable::DurableError;
 use crate::guest::{self, OpError, RestoreOptions};
@@ -246,7 +247,8 @@ impl Sequencer<'_> {
         image: Option<PathBuf>,
         image_dir: &Path,
     ) -> Result<bool> {
-        if g.action == Action::Skip {
+        // Skipped: left to the reboot. Dumped: it was not running.
+        if matches!(g.action, Action::Skip | Action::Dump) {
             return Ok(true);
         }
         let found = self.find(g.uuid)?;
@@ -368,7 +370,8 @@ impl Sequencer<'_> {
                 },
             )?;
             let opts = RestoreOptions {
-                paused: false,
+                // Paused by hand when planned (`paused = "save"`): back as it was.
+                paused: g.condition == Condition::Paused,
                 allow_programs: self.policy.allow_image_programs,
             };
             let mut restored = guest::restore(self.ts, &image, &opts, &|_| {});
@@ -420,7 +423,7 @@ impl Sequencer<'_> {
                 observation: None,
             },
         )?;
-        match self.cold_boot(run, g.uuid) {
+        match self.cold_boot(run, g) {
             Ok(domid) => {
                 self.record(run, back(g.uuid, Step::ColdBoot, domid))?;
                 Ok(true)
@@ -468,8 +471,10 @@ impl Sequencer<'_> {
         Ok(Some(path))
     }
 
-    fn cold_boot(&self, run: &Run, uuid: Uuid) -> std::result::Result<DomId, OpError> {
-        let path = config_path(&run.dir, uuid);
+    /// Creates the guest from its saved config and starts it; one paused
+    /// by hand when planned is left paused at its first instruction.
+    fn cold_boot(&self, run: &Run, g: &PlannedGuest) -> std::result::Result<DomId, OpError> {
+        let path = config_path(&run.dir, g.uuid);
         let text = std::fs::read(&path).map_err(|source| DurableError::Io {
             path: path.clone(),
             source,
@@ -481,7 +486,9 @@ impl Sequencer<'_> {
             })
         })?;
         let domid = self.ts.create(&config)?;
-        self.ts.unpause(domid)?;
+        if g.condition != Condition::Paused {
+            self.ts.unpause(domid)?;
+        }
         Ok(domid)
     }
 
@@ -510,7 +517,9 @@ impl Sequencer<'_> {
                 None => Some(format!("{}: gone", b.vdev)),
             })
             .collect();
-        let mut silent: Vec<IpAddr> = if self.policy.probe_addresses {
+        // A guest brought back paused cannot answer.
+        let probe = self.policy.probe_addresses && g.condition != Condition::Paused;
+        let mut silent: Vec<IpAddr> = if probe {
             before.addresses.iter().map(|a| a.ip).collect()
         } else {
             Vec::new()

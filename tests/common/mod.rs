@@ -77,5 +77,6 @@ pub fn save_opts(dir: &Path) -> SaveOptions<'static> {
         read_back: false,
         gate: None,
         fresh_dir: false,
+        paused_ok: false,
     }
 }
