@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use xenmaint::boot::MemoryBoot;
 use xenmaint::condition::Condition;
-use xenmaint::domain::{DomainState, ShutdownReason};
+use xenmaint::domain::{DomainInfo, DomainState, ShutdownReason};
 use xenmaint::guest::{self, OpError, SaveOptions};
 use xenmaint::plan::{Action, GuestPolicy, KeptChoice, PausedChoice, Policy};
-use xenmaint::sequencer::{GuestState, Outcome, SeqError, Step};
+use xenmaint::sequencer::{GuestState, Outcome, RunState, SeqError, Sequencer, Step};
 use xenmaint::sim::{Fault, Sim, SimDomain, SimHost};
 use xenmaint::toolstack::{Call, Toolstack};
 
@@ -124,15 +125,41 @@ fn with_the_policy_s_choice_the_run_brings_the_others_back() {
         if action == Action::Shutdown {
             assert_eq!(drained.guests.get(&web.uuid), Some(&GuestState::ShutDown));
         }
-        s.patch("true", "xen-new").unwrap();
-        s.reboot("true", None).unwrap();
-        let after = rebooted(&h, &boot);
-        let s2 = seq(&after, &boot, t.path(), p, &never);
-        let (_, done) = s2.resume().unwrap().unwrap();
+        let (after, done) = patched_and_resumed(&s, &h, &boot, t.path(), p);
         assert_eq!(done.outcome, Some(Outcome::Resumed), "{c:?}");
         assert_all_back(&after, &want, &format!("{c:?}"));
     }
 }
+
+/// The example host with web-1 in `c`: its folder, the host as built, the
+/// simulator, web-1 as it is, and the other guests as they are.
+fn web_in(c: Condition) -> (tempfile::TempDir, SimHost, Sim, DomainInfo, Guests) {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = with_web(&h, c);
+    let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
+    let mut others = guests(&ts);
+    others.remove("web-1");
+    (t, h, ts, web, others)
+}
+
+/// The rest of a run drained by `s`: patched, rebooted into the patch, and
+/// resumed on the host that booted (returned, with the run's end state).
+fn patched_and_resumed(
+    s: &Sequencer,
+    before: &SimHost,
+    boot: &MemoryBoot,
+    dir: &std::path::Path,
+    p: Policy,
+) -> (Sim, RunState) {
+    s.patch("true", "xen-new").unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(before, boot);
+    let (_, done) = seq(&after, boot, dir, p, &never).resume().unwrap().unwrap();
+    (after, done)
+}
+
+type Guests = BTreeMap<String, (xenmaint::domain::Uuid, Vec<String>)>;
 
 /// `paused = "save"`: the paused guest is unpaused for the suspend
 /// handshake only, saved, and after the reboot restored paused from its
@@ -140,12 +167,7 @@ fn with_the_policy_s_choice_the_run_brings_the_others_back() {
 /// answer); the others come back running.
 #[test]
 fn a_paused_guest_is_saved_and_comes_back_paused() {
-    let t = tempfile::tempdir().unwrap();
-    let h = host(t.path());
-    let ts = with_web(&h, Condition::Paused);
-    let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
-    let mut want = guests(&ts);
-    want.remove("web-1");
+    let (t, h, ts, web, want) = web_in(Condition::Paused);
     let p = Policy {
         paused: PausedChoice::Save,
         ..policy(t.path(), 2)
@@ -163,11 +185,7 @@ fn a_paused_guest_is_saved_and_comes_back_paused() {
         "suspended through the handshake: {:?}",
         ts.suspends()
     );
-    s.patch("true", "xen-new").unwrap();
-    s.reboot("true", None).unwrap();
-    let after = rebooted(&h, &boot);
-    let s2 = seq(&after, &boot, t.path(), p, &never);
-    let (_, done) = s2.resume().unwrap().unwrap();
+    let (after, done) = patched_and_resumed(&s, &h, &boot, t.path(), p);
     assert_eq!(done.outcome, Some(Outcome::Resumed));
     assert!(
         matches!(
@@ -222,12 +240,8 @@ fn a_failed_save_of_a_paused_guest_leaves_it_paused() {
 #[test]
 fn a_kept_domain_is_dumped_and_not_brought_back() {
     for c in [Condition::Preserved, Condition::Crashed] {
-        let t = tempfile::tempdir().unwrap();
-        let h = host(t.path());
-        let ts = with_web(&h, c);
-        let uuid = ts.resolve(&"web-1".parse().unwrap()).unwrap().uuid;
-        let mut want = guests(&ts);
-        want.remove("web-1");
+        let (t, h, ts, web, want) = web_in(c);
+        let uuid = web.uuid;
         let p = Policy {
             kept: KeptChoice::Dump,
             ..policy(t.path(), 2)
@@ -244,11 +258,7 @@ fn a_kept_domain_is_dumped_and_not_brought_back() {
         let text = std::fs::read_to_string(&core).unwrap();
         assert!(text.contains("core of web-1"), "{text}");
         assert!(ts.find_uuid(uuid).unwrap().is_none(), "{c:?}: destroyed");
-        s.patch("true", "xen-new").unwrap();
-        s.reboot("true", None).unwrap();
-        let after = rebooted(&h, &boot);
-        let s2 = seq(&after, &boot, t.path(), p, &never);
-        let (_, done) = s2.resume().unwrap().unwrap();
+        let (after, done) = patched_and_resumed(&s, &h, &boot, t.path(), p);
         assert_eq!(done.outcome, Some(Outcome::Resumed), "{c:?}");
         assert_all_back(&after, &want, &format!("{c:?}"));
         assert!(core.exists(), "{c:?}: the core outlives the run");
@@ -297,12 +307,8 @@ fn a_crash_at_any_point_of_a_dump_loses_nothing() {
     assert!(count >= 4, "saw {count} failpoints");
     for k in 0..count {
         for power_cut in [false, true] {
-            let t = tempfile::tempdir().unwrap();
-            let h = host(t.path());
-            let ts = with_web(&h, Condition::Crashed);
-            let web = ts.resolve(&"web-1".parse().unwrap()).unwrap().uuid;
-            let mut want = guests(&ts);
-            want.remove("web-1");
+            let (t, h, ts, web, want) = web_in(Condition::Crashed);
+            let web = web.uuid;
             let boot = boot_loader();
             let crash = CrashAt::new(k);
             let f = |w: &str| crash.hit(w);

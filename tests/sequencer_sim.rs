@@ -620,14 +620,7 @@ fn a_guest_that_was_back_is_never_restored_from_its_old_image_again() {
 fn a_restore_that_fails_once_is_tried_again_before_a_cold_boot() {
     for (fails, step) in [(1, Step::Restore), (2, Step::ColdBoot)] {
         let t = tempfile::tempdir().unwrap();
-        let h = host(t.path());
-        let ts = Sim::new(h.clone()).unwrap();
-        let want = guests(&ts);
-        let boot = boot_loader();
-        let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
-        s.drain().unwrap();
-        s.reboot("true", None).unwrap();
-        let after = rebooted(&h, &boot);
+        let Rebooted { after, want, boot } = drained_and_rebooted(t.path(), policy(t.path(), 1));
         after.inject(Fault {
             call: Call::Restore,
             domid: None,
@@ -695,13 +688,7 @@ fn a_crash_during_resume_is_resumed_again() {
     let t0 = tempfile::tempdir().unwrap();
     // Count the failpoints of a clean resume.
     let count_resume = {
-        let h = host(t0.path());
-        let ts = Sim::new(h.clone()).unwrap();
-        let boot = boot_loader();
-        let s = seq(&ts, &boot, t0.path(), policy(t0.path(), 1), &never);
-        s.drain().unwrap();
-        s.reboot("true", None).unwrap();
-        let after = rebooted(&h, &boot);
+        let Rebooted { after, boot, .. } = drained_and_rebooted(t0.path(), policy(t0.path(), 1));
         let count = CrashAt::new(usize::MAX);
         let f = |w: &str| count.hit(w);
         seq(&after, &boot, t0.path(), policy(t0.path(), 1), &f)
@@ -712,14 +699,7 @@ fn a_crash_during_resume_is_resumed_again() {
     assert!(count_resume >= 8, "{count_resume}");
     for k in 0..count_resume {
         let t = tempfile::tempdir().unwrap();
-        let h = host(t.path());
-        let ts = Sim::new(h.clone()).unwrap();
-        let want = guests(&ts);
-        let boot = boot_loader();
-        let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
-        s.drain().unwrap();
-        s.reboot("true", None).unwrap();
-        let after = rebooted(&h, &boot);
+        let Rebooted { after, want, boot } = drained_and_rebooted(t.path(), policy(t.path(), 1));
         let crash = CrashAt::new(k);
         let f = |w: &str| crash.hit(w);
         let e = seq(&after, &boot, t.path(), policy(t.path(), 1), &f).resume();

@@ -190,3 +190,28 @@ impl CrashAt {
         self.seen.fetch_add(1, Ordering::SeqCst) == self.n
     }
 }
+
+/// The example host after a run drained it with `policy` and rebooted it
+/// (no patch): where a resume starts.
+pub struct Rebooted {
+    /// The host after the reboot: only dom0 runs.
+    pub after: Sim,
+    /// The guests before the drain.
+    pub want: BTreeMap<String, (Uuid, Vec<String>)>,
+    pub boot: MemoryBoot,
+}
+
+pub fn drained_and_rebooted(dir: &Path, policy: Policy) -> Rebooted {
+    let h = host(dir);
+    let ts = Sim::new(h.clone()).unwrap();
+    let want = guests(&ts);
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, dir, policy, &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    Rebooted {
+        after: rebooted(&h, &boot),
+        want,
+        boot,
+    }
+}
