@@ -363,3 +363,25 @@ fn a_dying_domain_is_waited_for_within_a_bound() {
         assert!(!drained.plan.guests.iter().any(|g| g.uuid == web.uuid));
     });
 }
+
+/// A paused guest saved and left suspended (`leave_suspended`), then the
+/// run rolled back without a reboot: resumed in place, and paused again.
+#[test]
+fn a_paused_guest_left_suspended_is_paused_again_by_a_rollback() {
+    let (t, _, ts, web, want) = web_in(Condition::Paused);
+    let p = Policy {
+        paused: PausedChoice::Save,
+        leave_suspended: true,
+        ..policy(t.path(), 2)
+    };
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), p, &never);
+    s.drain().unwrap();
+    let (_, done) = s.rollback().unwrap().unwrap();
+    assert_eq!(done.outcome, Some(Outcome::RolledBack));
+    let now = ts.find_uuid(web.uuid).unwrap().unwrap();
+    assert_eq!(now.domid, web.domid, "resumed in place");
+    assert_eq!(now.state, DomainState::Paused, "paused again, as it was");
+    ts.destroy(now.domid).unwrap();
+    assert_all_back(&ts, &want, "the others");
+}

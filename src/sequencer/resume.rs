@@ -292,8 +292,14 @@ impl Sequencer<'_> {
             }
             Some(d) if d.shutdown_reason == Some(ShutdownReason::Suspend) => {
                 // The run died inside a save: the guest is suspended, not
-                // destroyed. Resuming it continues it where it stopped.
+                // destroyed. Resuming it continues it where it stopped (one
+                // paused by hand when planned, paused again).
                 if self.ts.resume(d.domid).is_ok() {
+                    if g.condition == Condition::Paused {
+                        if let Err(e) = self.ts.pause(d.domid) {
+                            log::warn!("{}: resumed, but not paused again: {e}", g.name);
+                        }
+                    }
                     self.record(run, back(g.uuid, Step::Restore, d.domid))?;
                     return Ok(true);
                 }
