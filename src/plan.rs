@@ -155,7 +155,7 @@ pub struct Policy {
     /// Live saves pause together at the end of the drain (the pause gate).
     /// Off by default: on the nested host it lengthened the drain, and with
     /// one dom0 vCPU the saves' final passes and teardowns, all at once,
-    /// kept each guest down longer (README, Performance).
+    /// kept each guest down longer (docs/performance.md).
     pub pause_together: bool,
     /// Read every image back from the device before its guest is destroyed
     /// (off: the stream is checked as written, then fsync'd).
@@ -164,7 +164,7 @@ pub struct Policy {
     /// reboot ends it, a rollback resumes it where it stopped. Saves the
     /// devices' teardown (hotplug scripts) before the reboot; off by default
     /// because dom0 then shuts down with the guests' backends attached
-    /// (README, Performance).
+    /// (docs/performance.md).
     pub leave_suspended: bool,
     /// For time estimates until measured figures exist.
     pub save_mib_s: f64,
