@@ -85,7 +85,9 @@ test_end() {
 # (through SeaBIOS and GRUB; set next_entry first to boot a given entry once).
 request_reboot() { : > "$NESTED_STATE/reboot-requested"; }
 
-have_xenmaint() { [ -x /usr/local/bin/xenmaint ]; }
+have_xenmaint() { command -v xenmaint > /dev/null; }
+# installed_by_dpkg: xenmaint came from its .deb (the suite's runs), not a bare binary.
+installed_by_dpkg() { dpkg-query -W -f='${Status}' xenmaint 2>/dev/null | grep -q 'install ok installed'; }
 
 # guest_status IP [REQUEST]: one request to a guest's service from dom0.
 guest_request() {

@@ -193,8 +193,9 @@ class Run:
         for n in os.listdir(a.harness):
             shutil.copy(os.path.join(a.harness, n), os.path.join(io, "harness", n))
         shutil.copy(a.scenario, os.path.join(io, "scenario"))
-        if a.xenmaint:
-            shutil.copy(a.xenmaint, os.path.join(io, "bin", "xenmaint"))
+        if a.xenmaint:   # the package (installed by dpkg in the VM), or a bare binary
+            shutil.copy(a.xenmaint, os.path.join(
+                io, "bin", "xenmaint.deb" if a.xenmaint.endswith(".deb") else "xenmaint"))
         if a.units:   # what ships with xenmaint besides the binary (the resume unit)
             shutil.copytree(a.units, os.path.join(io, "systemd"))
         with open(os.path.join(io, "run.env"), "w") as f:
