@@ -607,8 +607,11 @@ impl Toolstack for Sim {
     fn resume(&self, domid: DomId) -> Result<()> {
         self.with(Call::Resume, Some(domid), |h| {
             let d = find(h, domid)?;
-            // libxl resumes a suspended guest; one merely paused it refuses.
-            if d.detail.info.state == DomainState::Paused {
+            // libxl resumes a suspended guest only: one merely paused, or
+            // running because its save failed before the suspend, it refuses.
+            let suspended = d.detail.info.state == DomainState::Shutdown
+                && d.detail.info.shutdown_reason == Some(ShutdownReason::Suspend);
+            if !suspended {
                 return Err(ToolstackError::Libxl {
                     call: "libxl_domain_resume",
                     code: xenlight_sys::ERROR_FAIL,

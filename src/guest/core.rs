@@ -18,7 +18,9 @@ pub fn dump_core(ts: &dyn Toolstack, domid: DomId, path: &Path) -> Result<(), Op
     if info.domid == 0 {
         return Err(OpError::Dom0("dump"));
     }
-    if !matches!(info.state, DomainState::Shutdown | DomainState::Crashed) {
+    // Shut down for a save is another tool's (xl save, a migration), not kept.
+    let suspended = info.shutdown_reason == Some(crate::domain::ShutdownReason::Suspend);
+    if suspended || !matches!(info.state, DomainState::Shutdown | DomainState::Crashed) {
         return Err(OpError::NotKept {
             name: info.name,
             state: info.state,

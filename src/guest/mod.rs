@@ -122,12 +122,17 @@ pub enum Recovery {
     /// A guest that was paused when its save began: resumed, and paused
     /// again as it was.
     PausedAgain,
+    /// The save failed before it suspended the guest: it never stopped.
+    NotSuspended,
 }
 
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Recovery::Resumed => f.write_str("the guest was resumed and keeps running"),
+            Recovery::NotSuspended => {
+                f.write_str("the guest was never suspended and keeps running")
+            }
             Recovery::PausedAgain => {
                 f.write_str("the guest was resumed and paused again, as it was before the save")
             }

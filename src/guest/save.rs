@@ -377,14 +377,8 @@ pub fn save(
                 let _ = std::fs::remove_file(&image);
                 let _ = std::fs::remove_file(manifest_path(&image));
             }
-            let outcome = not_to_resume(ts, &info).unwrap_or_else(|| match ts.resume(info.domid) {
-                Ok(()) if was_paused => match ts.pause(info.domid) {
-                    Ok(()) => Recovery::PausedAgain,
-                    Err(_) => Recovery::Resumed,
-                },
-                Ok(()) => Recovery::Resumed,
-                Err(e) => Recovery::ResumeFailed(e),
-            });
+            let outcome =
+                not_to_resume(ts, &info).unwrap_or_else(|| recover(ts, &info, was_paused));
             return Err(OpError::SaveFailed {
                 name: info.name,
                 cause: Box::new(cause),
@@ -446,6 +440,31 @@ fn read_back(image: &Path) -> Result<image::Verified, OpError> {
     Ok(image::verify_reader(file, image::Checksum::new())?)
 }
 
+/// After a failed save of a guest that neither stopped nor is paused: a
+/// suspended one is resumed; one the save never suspended (it failed
+/// before, e.g. the handshake timed out) runs on, and libxl's refusal to
+/// resume it is no failure. One paused when its save began is paused again
+/// either way, read back from the hypervisor.
+fn recover(ts: &dyn Toolstack, info: &DomainInfo, was_paused: bool) -> Recovery {
+    let resumed = ts.resume(info.domid);
+    let running = ts.list_domains().is_ok_and(|ds| {
+        ds.iter().any(|d| {
+            d.domid == info.domid
+                && d.shutdown_reason.is_none()
+                && matches!(d.state, DomainState::Running | DomainState::Blocked)
+        })
+    });
+    match resumed {
+        Err(e) if !running => Recovery::ResumeFailed(e),
+        _ if was_paused => match ts.pause(info.domid) {
+            Ok(()) => Recovery::PausedAgain,
+            Err(_) => Recovery::Resumed,
+        },
+        Ok(()) => Recovery::Resumed,
+        Err(_) => Recovery::NotSuspended,
+    }
+}
+
 /// After a failed save, what the hypervisor says of the guest, when that
 /// rules a resume out: it shut down by itself (poweroff, reboot, crash) or
 /// went away (Xen's resume clears any shutdown: resuming would run it on
@@ -477,6 +496,58 @@ mod tests {
 
     /// After a failed save, the guest's state read back decides: paused or
     /// stopped on its own, it is not resumed; running or suspended, it is.
+    /// After a failed save, the guest's state read back decides what is
+    /// said: suspended and resumed; suspended and the resume failed (left
+    /// suspended, not destroyed); never suspended (it runs on); paused when
+    /// the save began (paused again).
+    #[test]
+    fn recovery_reads_the_guest_back() {
+        use crate::sim::{Fault, Sim};
+        use crate::toolstack::Call;
+        let base = Sim::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"))
+            .unwrap();
+        let web = base.resolve(&"web-1".parse().unwrap()).unwrap();
+        let suspended = || {
+            let mut h = base.snapshot();
+            let d = h
+                .domains
+                .iter_mut()
+                .find(|d| d.detail.info.domid == web.domid)
+                .unwrap();
+            d.detail.info.state = DomainState::Shutdown;
+            d.detail.info.shutdown_reason = Some(ShutdownReason::Suspend);
+            Sim::new(h).unwrap()
+        };
+        let state = |ts: &Sim| ts.find_uuid(web.uuid).unwrap().unwrap().state;
+        let ts = suspended();
+        assert!(matches!(recover(&ts, &web, false), Recovery::Resumed));
+        assert_eq!(state(&ts), DomainState::Running);
+        let ts = suspended();
+        assert!(matches!(recover(&ts, &web, true), Recovery::PausedAgain));
+        assert_eq!(state(&ts), DomainState::Paused);
+        let ts = suspended();
+        ts.inject(Fault {
+            call: Call::Resume,
+            domid: None,
+            message: "boom".into(),
+            times: None,
+        });
+        let r = recover(&ts, &web, false);
+        assert!(matches!(r, Recovery::ResumeFailed(_)), "{r}");
+        assert!(r.to_string().contains("suspended, not destroyed"), "{r}");
+        assert_eq!(state(&ts), DomainState::Shutdown);
+        let running = Sim::new(base.snapshot()).unwrap();
+        assert!(matches!(
+            recover(&running, &web, false),
+            Recovery::NotSuspended
+        ));
+        assert!(matches!(
+            recover(&running, &web, true),
+            Recovery::PausedAgain
+        ));
+        assert_eq!(state(&running), DomainState::Paused);
+    }
+
     #[test]
     fn a_failed_save_resumes_only_a_guest_that_is_running_or_suspended() {
         use crate::sim::Sim;

@@ -349,6 +349,10 @@ impl Sequencer<'_> {
         domid: DomId,
         gate: Option<&dyn PauseGate>,
     ) -> std::result::Result<Option<PathBuf>, String> {
+        // A guest planned paused, under `paused = "save"`: unpaused for the
+        // suspend handshake only, so never saved live (it would run for the
+        // whole copy).
+        let paused = g.condition == Condition::Paused && self.policy.paused == PausedChoice::Save;
         match step {
             Step::Save => guest::save(
                 self.ts,
@@ -356,7 +360,7 @@ impl Sequencer<'_> {
                 &SaveOptions {
                     out: Some(self.image_path(id, g.uuid)),
                     image_dir: self.policy.image_dir.clone(),
-                    live: self.policy.live,
+                    live: self.policy.live && !paused,
                     then: if self.policy.leave_suspended {
                         AfterSave::LeaveSuspended
                     } else {
@@ -366,10 +370,7 @@ impl Sequencer<'_> {
                     gate,
                     // The run's own image directory, made by this drain.
                     fresh_dir: true,
-                    // A guest planned paused, under `paused = "save"`: unpaused for
-                    // the suspend handshake only.
-                    paused_ok: g.condition == Condition::Paused
-                        && self.policy.paused == PausedChoice::Save,
+                    paused_ok: paused,
                 },
                 &|_| {},
             )

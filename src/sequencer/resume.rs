@@ -280,6 +280,25 @@ impl Sequencer<'_> {
         // What is really there decides, whatever the journal last said.
         match found {
             Some(d) if matches!(d.state, DomainState::Running | DomainState::Blocked) => {
+                // Paused by hand when planned, and running because the run
+                // unpaused it for its save (cut, or failed): paused again.
+                if g.condition == Condition::Paused
+                    && matches!(
+                        st,
+                        GuestState::InStep { step: Step::Save }
+                            | GuestState::Failed {
+                                step: Step::Save,
+                                ..
+                            }
+                    )
+                {
+                    if let Err(e) = self.ts.pause(d.domid) {
+                        log::warn!(
+                            "{}: unpaused for its save, and not paused again: {e}",
+                            g.name
+                        );
+                    }
+                }
                 let how = match st {
                     GuestState::Back { .. } => return Ok(true),
                     // Stopped by the run, then started by someone else
@@ -387,7 +406,7 @@ impl Sequencer<'_> {
             // 40 s on a loaded dom0). Once more before a cold boot throws
             // the guest's memory away, if nothing of the first try is left.
             if let Err(e @ OpError::Toolstack(_)) = &restored {
-                if !self.ts.list_domains()?.iter().any(|d| d.uuid == g.uuid) {
+                if self.leftover_gone(g.uuid) {
                     log::warn!(
                         "{}: restore failed ({e}); its image is intact: restoring once more",
                         g.name
@@ -475,6 +494,25 @@ impl Sequencer<'_> {
             },
         )?;
         Ok(Some(path))
+    }
+
+    /// Whether no domain with `uuid` is left (one libxl is still
+    /// destroying is waited for a few seconds); false also when the domains
+    /// cannot be listed: then no second try.
+    fn leftover_gone(&self, uuid: Uuid) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Ok(domains) = self.ts.list_domains() else {
+                return false;
+            };
+            match domains.iter().find(|d| d.uuid == uuid) {
+                None => return true,
+                Some(d) if d.state == DomainState::Dying && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Some(_) => return false,
+            }
+        }
     }
 
     /// Creates the guest from its saved config and starts it; one paused

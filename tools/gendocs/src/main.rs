@@ -21,7 +21,9 @@ fn main() {
 }
 
 fn generate(out: &Path) -> std::io::Result<()> {
-    let cmd = xenmaint::cli::Args::command().version(env!("CARGO_PKG_VERSION"));
+    // The version is xenmaint's (its `#[command(version)]`), not this tool's.
+    let cmd = xenmaint::cli::Args::command();
+    let version = cmd.get_version().unwrap_or_default().to_string();
     let man = out.join("man8");
     std::fs::create_dir_all(&man)?;
     let verbs: Vec<String> = cmd
@@ -67,10 +69,7 @@ fn generate(out: &Path) -> std::io::Result<()> {
     page(cmd.clone().after_help(""), "xenmaint")?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("xenmaint-{}", sub.get_name());
-        let sub = sub
-            .clone()
-            .name(name.clone())
-            .version(env!("CARGO_PKG_VERSION"));
+        let sub = sub.clone().name(name.clone()).version(version.clone());
         page(sub, &name)?;
     }
     let completions = out.join("completions");
