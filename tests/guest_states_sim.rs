@@ -385,3 +385,80 @@ fn a_paused_guest_left_suspended_is_paused_again_by_a_rollback() {
     ts.destroy(now.domid).unwrap();
     assert_all_back(&ts, &want, "the others");
 }
+
+/// `dump_core` takes only a domain kept stopped: one that runs, or one
+/// shut down for a save (another tool's), is refused and left as it is; a
+/// dump libxl fails leaves the domain kept and no file behind.
+#[test]
+fn a_dump_is_refused_or_fails_without_losing_the_domain() {
+    let t = tempfile::tempdir().unwrap();
+    let core = t.path().join("web-1.core");
+    for c in [Condition::Saveable, Condition::Suspended] {
+        let ts = with_web(&host(t.path()), c);
+        let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
+        let e = guest::dump_core(&ts, web.domid, &core).unwrap_err();
+        assert!(matches!(e, OpError::NotKept { .. }), "{c:?}: {e}");
+        assert_eq!(domains(&ts)["web-1"].0, web.state, "{c:?}: untouched");
+        assert!(!core.exists());
+    }
+    let ts = with_web(&host(t.path()), Condition::Crashed);
+    ts.inject(Fault {
+        call: Call::CoreDump,
+        domid: None,
+        message: "no space left on device".into(),
+        times: None,
+    });
+    let web = ts.resolve(&"web-1".parse().unwrap()).unwrap();
+    let e = guest::dump_core(&ts, web.domid, &core).unwrap_err();
+    assert!(e.to_string().contains("no space left"), "{e}");
+    assert_eq!(domains(&ts)["web-1"].0, DomainState::Crashed, "still kept");
+    assert_eq!(
+        std::fs::read_dir(t.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("core")
+            })
+            .count(),
+        0,
+        "no core or partial left"
+    );
+}
+
+/// A dump that fails in a run fails the drain like a failed save: the run
+/// rolls back, the others run again, the crashed domain is still kept.
+#[test]
+fn a_failed_dump_rolls_the_run_back_and_keeps_the_domain() {
+    let (t, _, ts, web, want) = web_in(Condition::Crashed);
+    ts.inject(Fault {
+        call: Call::CoreDump,
+        domid: None,
+        message: "no space left on device".into(),
+        times: None,
+    });
+    let p = Policy {
+        kept: KeptChoice::Dump,
+        ..policy(t.path(), 2)
+    };
+    let boot = boot_loader();
+    let e = seq(&ts, &boot, t.path(), p, &never).drain().unwrap_err();
+    assert!(matches!(e, SeqError::DrainFailed { failed: 1, .. }), "{e}");
+    assert_eq!(
+        ts.find_uuid(web.uuid).unwrap().map(|d| d.state),
+        Some(DomainState::Crashed)
+    );
+    let mut others = guests(&ts);
+    others.remove("web-1");
+    assert_eq!(others, want, "the others, as they were");
+    for (name, (state, _)) in domains(&ts) {
+        if name != "web-1" && name != "Domain-0" {
+            assert!(
+                matches!(state, DomainState::Running | DomainState::Blocked),
+                "{name} is {state}"
+            );
+        }
+    }
+}

@@ -395,25 +395,7 @@ impl Sequencer<'_> {
         if wait <= 0.0 {
             return Ok(std::borrow::Cow::Borrowed(&self.policy));
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait);
-        let mut said = false;
-        loop {
-            let dying: Vec<String> = self
-                .ts
-                .list_domains()?
-                .into_iter()
-                .filter(|d| d.domid != 0 && d.state == DomainState::Dying)
-                .map(|d| d.name)
-                .collect();
-            if dying.is_empty() || std::time::Instant::now() >= deadline {
-                break;
-            }
-            if !said {
-                log::warn!("waiting up to {wait} s for dying domain(s) to go: {dying:?}");
-                said = true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.list_after_dying(|d| d.domid != 0, Duration::from_secs_f64(wait))?;
         Ok(std::borrow::Cow::Owned(plan::Policy {
             dying_wait_s: 0.0,
             ..self.policy.clone()

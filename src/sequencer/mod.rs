@@ -404,6 +404,34 @@ impl<'a> Sequencer<'a> {
         Ok(self.ts.find_uuid(uuid)?)
     }
 
+    /// The domains, listed again every 200 ms for up to `bound` while any
+    /// that `which` picks is dying (libxl still destroying it): the last
+    /// listing, which may still hold some.
+    fn list_after_dying(
+        &self,
+        which: impl Fn(&DomainInfo) -> bool,
+        bound: Duration,
+    ) -> Result<Vec<DomainInfo>> {
+        let deadline = std::time::Instant::now() + bound;
+        let mut said = false;
+        loop {
+            let domains = self.ts.list_domains()?;
+            let dying: Vec<&str> = domains
+                .iter()
+                .filter(|d| d.state == crate::domain::DomainState::Dying && which(d))
+                .map(|d| d.name.as_str())
+                .collect();
+            if dying.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(domains);
+            }
+            if !said {
+                log::warn!("waiting up to {bound:?} for dying domain(s) to go: {dying:?}");
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The current run, per guest, for `status`.
     pub fn summary(&self) -> Result<Option<Summary>> {
         Ok(self.state()?.map(|(run, s)| Summary {

@@ -500,19 +500,8 @@ impl Sequencer<'_> {
     /// destroying is waited for a few seconds); false also when the domains
     /// cannot be listed: then no second try.
     fn leftover_gone(&self, uuid: Uuid) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let Ok(domains) = self.ts.list_domains() else {
-                return false;
-            };
-            match domains.iter().find(|d| d.uuid == uuid) {
-                None => return true,
-                Some(d) if d.state == DomainState::Dying && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Some(_) => return false,
-            }
-        }
+        self.list_after_dying(|d| d.uuid == uuid, Duration::from_secs(10))
+            .is_ok_and(|domains| !domains.iter().any(|d| d.uuid == uuid))
     }
 
     /// Creates the guest from its saved config and starts it; one paused
