@@ -242,3 +242,67 @@ warm_check() {
   nested_ctl forwards | sed 's/^/     forward: /' || { echo "FAIL port forwards"; ok=1; }
   return "$ok"
 }
+
+# ---- for the scenarios' checks ------------------------------------------------------------
+# expect_rc WANT cmd...: the command exits with status WANT.
+expect_rc() { local want=$1 rc=0; shift; "$@" || rc=$?; [ "$rc" = "$want" ] || { echo "exit $rc, want $want: $*"; return 1; }; }
+grubenv_get() { grub-editenv /boot/grub/grubenv list | sed -n "s/^$1=//p"; }
+booted_entry() { sed -n 's/.*nested.grub_entry=\([^ ]*\).*/\1/p' /proc/cmdline; }
+# ip_of NAME: a guest's IP (the extra guests too).
+ip_of() { NESTED_GUESTS_ALL=1 guests | awk -v g="$1" '$1 == g {print $2}'; }
+# Guests on the host (dom0 aside), whatever their state.
+guest_count() { xl list | tail -n +2 | awk '$1 != "Domain-0"' | wc -l; }
+# ask NAME: the guest's answer in /tmp/answer.NAME (a file first: grep -q on a pipe could
+# close it before the guest's service has written everything, and pipefail would count that
+# as a failure).
+ask() { guest_request "$(ip_of "$1")" STATUS > "/tmp/answer.$1" 2>&1; }
+boot_id_of() { ask "$1"; sed -n 's/^boot_id=//p' "/tmp/answer.$1"; }
+# status_json FILE: `xenmaint status --json` (one object: {"event":..., "run":..., "state":{...}}).
+status_json() { xenmaint status --json > "$1" 2> "$1.stderr"; }
+jq_py() {   # jq_py FILE PYTHON-EXPR: true if the expression holds for the last object `s` (st: its state)
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+s = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+ok = eval(sys.argv[2], {"s": s, "st": s.get("state") or {}})
+print(f"  {sys.argv[2]} -> {bool(ok)}")
+sys.exit(0 if ok else 1)
+PY
+}
+unit_result() { systemctl show -p Result --value xenmaint-resume.service; }
+# The unit that finishes a run at boot: the .deb enabled it; from a bare binary, installed
+# as the README tells an administrator to (once per host).
+resume_unit_enabled() {
+  if installed_by_dpkg; then
+    systemctl is-enabled xenmaint-resume.service && systemctl cat xenmaint-resume.service | grep -qx "ExecStart=/usr/sbin/xenmaint resume"
+  else
+    install -m 0644 /nested/systemd/xenmaint-resume.service /etc/systemd/system/ && systemctl daemon-reload && systemctl enable xenmaint-resume.service
+  fi
+}
+# After a boot: wait for xenmaint-resume.service to finish the run, as a script would; its
+# status in results/boot-N-status.json, its journal in results/boot-N-resume-unit.txt.
+wait_resume() {
+  local rc=0 r=$NESTED_RESULTS
+  xenmaint status --wait --timeout 900 --json > "$r/boot-$NESTED_BOOT-status.json" 2> "$r/boot-$NESTED_BOOT-status.err" || rc=$?
+  cat "$r/boot-$NESTED_BOOT-status.err"
+  journalctl -b -u xenmaint-resume.service --no-pager > "$r/boot-$NESTED_BOOT-resume-unit.txt" 2>&1
+  sed 's/^/  unit| /' "$r/boot-$NESTED_BOOT-resume-unit.txt" | tail -n 30
+  echo "status --wait exit $rc"
+  return 0
+}
+# all_back STATUS [dumped]: every planned guest is back in the status (or, given "dumped",
+# one more dumped as planned), and runs exactly once.
+all_back() {
+  local dumped=${2:-}
+  jq_py "$1" 'sorted(g["state"] for g in st["guests"].values()) == sorted(["back"] * 3 + ['"${dumped:+\"dumped\"}"'])' \
+    && test "$(guest_count)" = 3 \
+    && test "$(xl list | awk 'NR > 1 {print $1}' | sort | uniq -d | wc -l)" = 0
+}
+# Every guest runs with the UUID and MAC of the image's table.
+same_uuids() {
+  local name ip mac uuid _
+  while read -r -u 7 name ip mac uuid _; do
+    xl list -l "$name" > "/tmp/xl-l.$name" 2>&1 || { echo "$name not running"; return 1; }
+    grep -qi "\"uuid\": \"$uuid\"" "/tmp/xl-l.$name" || { echo "$name: uuid is not $uuid"; return 1; }
+    grep -qi "\"mac\": \"$mac\"" "/tmp/xl-l.$name" || { echo "$name: mac is not $mac"; return 1; }
+  done 7< <(guests)
+}
