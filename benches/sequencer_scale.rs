@@ -26,7 +26,7 @@ use xenmaint::allocator::Allocator;
 use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::guest::PowerOptions;
 use xenmaint::plan::{self, Concurrency, HostFacts, Policy};
-use xenmaint::sequencer::{Outcome, Sequencer};
+use xenmaint::sequencer::{Outcome, Sequencer, Unobserved};
 use xenmaint::sim::Sim;
 use xenmaint::toolstack::Toolstack;
 
@@ -158,6 +158,7 @@ fn main() {
         },
         failpoint: &never,
         stop: &NO_STOP,
+        observer: &Unobserved,
     };
 
     let mut phases = Vec::new();

@@ -518,3 +518,37 @@ fn drain_status_resume_on_the_simulator_with_exit_codes() {
         );
     }
 }
+
+/// A run verb shows each guest's step as it ends on a terminal (stderr a
+/// pty, as `script` gives it), and nothing of the kind to a script or with
+/// --json, where stdout carries the result alone.
+#[test]
+fn run_verbs_show_their_steps_on_a_terminal_only() {
+    let t = tempfile::tempdir().unwrap();
+    let host = custom_host(t.path(), |_| {});
+    let bin = assert_cmd::cargo::cargo_bin("xenmaint");
+    let cmd = format!("{} --sim {} drain", bin.display(), host.display());
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("XENMAINT_LOG")
+        .output()
+        .expect("script(1), from util-linux");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    for guest in ["web-1", "db-1", "cache-1"] {
+        assert!(
+            shown.contains(&format!("{guest}: saved in ")),
+            "{guest}: {shown}"
+        );
+    }
+    assert!(shown.contains("run drained"), "{shown}");
+
+    let r = run(&["--sim", host.to_str().unwrap(), "rollback"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("restored in"), "{}", r.stderr);
+    assert!(!r.stdout.contains("restored in"), "{}", r.stdout);
+    let r = run(&["--sim", host.to_str().unwrap(), "--json", "drain"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert_eq!(json_lines(&r.stdout).len(), 1, "{}", r.stdout);
+}

@@ -1205,3 +1205,54 @@ fn a_failed_save_under_the_pause_gate_holds_nobody_up() {
     ts.clear_faults();
     assert_all_back(&ts, &want, "after the rollback");
 }
+
+/// What the run verbs show as they go comes from an observer told of every
+/// record as it is journaled: it sees the journal, the same records in the
+/// same order, across a drain, a reboot and a resume.
+#[test]
+fn the_observer_is_told_of_every_journal_record_in_order() {
+    use xenmaint::journal::Journal;
+    use xenmaint::sequencer::{Observer, Record, RunState};
+    struct Recorder(std::sync::Mutex<Vec<Record>>);
+    impl Observer for Recorder {
+        fn journaled(&self, rec: &Record, _: Option<&RunState>) {
+            self.0.lock().unwrap().push(rec.clone());
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let seen = Recorder(std::sync::Mutex::new(Vec::new()));
+    let s = Sequencer {
+        observer: &seen,
+        ..seq(&ts, &boot, t.path(), policy(t.path(), 2), &never)
+    };
+    let (id, _) = s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    let after = rebooted(&h, &boot);
+    Sequencer {
+        observer: &seen,
+        ..seq(&after, &boot, t.path(), policy(t.path(), 2), &never)
+    }
+    .resume()
+    .unwrap();
+    let (_, journal) = Journal::<Record>::read(&s.run_dir(&id).join("journal")).unwrap();
+    let seen = seen.0.into_inner().unwrap();
+    let saves = |recs: &[Record]| {
+        recs.iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Record::Done {
+                        step: Step::Save,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(saves(&seen), 3, "every guest's save was seen");
+    assert!(matches!(seen.last(), Some(Record::Finished { .. })));
+    assert_eq!(seen, journal);
+}

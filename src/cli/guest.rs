@@ -158,6 +158,7 @@ pub fn power(
     what: Request,
     wait: &WaitArgs,
     out: &Output,
+    quiet: bool,
 ) -> Result<(), CliError> {
     let opts = PowerOptions {
         wait: wait.wait,
@@ -166,11 +167,17 @@ pub fn power(
         poll: Duration::from_millis(250),
         reap_grace: Duration::from_secs(5),
     };
-    let r = ops::power(ts, domain, what, &opts)?;
-    let (event, verb) = match what {
-        Request::Shutdown => ("shutdown", "shut down"),
-        Request::Reboot => ("reboot", "rebooted"),
+    let (event, to, verb) = match what {
+        Request::Shutdown => ("shutdown", "shut down", "shut down"),
+        Request::Reboot => ("reboot", "reboot", "rebooted"),
     };
+    let bar = super::steps::spinner(
+        !wait.wait || quiet || out.json,
+        &format!("waiting for {} to {to}", printable(&domain.to_string())),
+    );
+    let r = ops::power(ts, domain, what, &opts);
+    bar.finish_and_clear();
+    let r = r?;
     if out.json {
         return Ok(out.event(event, &r)?);
     }

@@ -6,6 +6,7 @@ mod inventory;
 mod output;
 mod plan;
 mod run;
+mod steps;
 
 use std::io;
 use std::path::PathBuf;
@@ -555,9 +556,14 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             args.quiet,
         )?,
         Verb::Verify { .. } => unreachable!("handled above"),
-        Verb::Shutdown { domain, wait } => {
-            guest::power(ts, domain, crate::toolstack::Request::Shutdown, wait, &out)?
-        }
+        Verb::Shutdown { domain, wait } => guest::power(
+            ts,
+            domain,
+            crate::toolstack::Request::Shutdown,
+            wait,
+            &out,
+            args.quiet,
+        )?,
         Verb::Reboot {
             domain,
             wait,
@@ -565,9 +571,14 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             host_args,
         } => match (domain, host) {
             (_, true) => run::reboot_host(&run::context(args, ts, sim, None)?, host_args, &out)?,
-            (Some(domain), false) => {
-                guest::power(ts, domain, crate::toolstack::Request::Reboot, wait, &out)?
-            }
+            (Some(domain), false) => guest::power(
+                ts,
+                domain,
+                crate::toolstack::Request::Reboot,
+                wait,
+                &out,
+                args.quiet,
+            )?,
             (None, false) => unreachable!("clap requires a domain without --host"),
         },
         Verb::Drain { policy } => run::drain(&run::context(args, ts, sim, Some(policy))?, &out)?,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::output::Output;
+use super::steps::Steps;
 use super::{Args, CliError, HostRebootArgs, PolicyArgs};
 use crate::boot::{BootLoader, Grub};
 use crate::domain::printable;
@@ -19,6 +20,8 @@ pub struct Context<'a> {
     pub args: &'a Args,
     boot: Box<dyn BootLoader + 'a>,
     pub facts: Box<dyn HostFacts + 'a>,
+    /// What the run verbs show on a terminal as they go.
+    steps: Steps,
 }
 
 pub fn context<'a>(
@@ -43,6 +46,7 @@ pub fn context<'a>(
         args,
         boot,
         facts,
+        steps: Steps::new(args.json || args.quiet),
     })
 }
 
@@ -67,10 +71,18 @@ fn sequencer<'a>(ctx: &'a Context<'a>) -> Sequencer<'a> {
         },
         failpoint: &no_failpoint,
         stop: crate::interrupt::flag(),
+        observer: &ctx.steps,
     }
 }
 
-fn report(out: &Output, event: &str, id: &str, state: &RunState) -> Result<(), CliError> {
+fn report(
+    ctx: &Context<'_>,
+    out: &Output,
+    event: &str,
+    id: &str,
+    state: &RunState,
+) -> Result<(), CliError> {
+    ctx.steps.finish();
     if out.json {
         out.event(event, &serde_json::json!({"run": id, "state": state}))?;
         return Ok(());
@@ -108,7 +120,7 @@ fn report(out: &Output, event: &str, id: &str, state: &RunState) -> Result<(), C
 }
 
 /// A guest's checks after it came back, in a few words.
-fn checks(v: &Verification) -> String {
+pub(super) fn checks(v: &Verification) -> String {
     let list = |ips: &[std::net::IpAddr]| {
         ips.iter()
             .map(ToString::to_string)
@@ -167,14 +179,14 @@ fn describe(st: &GuestState) -> String {
 
 pub fn drain(ctx: &Context<'_>, out: &Output) -> Result<(), CliError> {
     let (id, state) = sequencer(ctx).drain()?;
-    report(out, "drained", &id, &state)
+    report(ctx, out, "drained", &id, &state)
 }
 
 pub fn patch(ctx: &Context<'_>, command: &str, entry: &str, out: &Output) -> Result<(), CliError> {
     let s = sequencer(ctx);
     s.patch(command, entry)?;
     let (id, state) = s.state()?.expect("patch needs a run");
-    report(out, "patched", &id, &state)
+    report(ctx, out, "patched", &id, &state)
 }
 
 pub fn reboot_host(ctx: &Context<'_>, a: &HostRebootArgs, out: &Output) -> Result<(), CliError> {
@@ -195,6 +207,7 @@ pub fn resume(ctx: &Context<'_>, rollback: bool, out: &Output) -> Result<(), Cli
     let done = if rollback { s.rollback()? } else { s.resume()? };
     match done {
         Some((id, state)) => report(
+            ctx,
             out,
             if rollback { "rolled_back" } else { "resumed" },
             &id,
@@ -231,7 +244,7 @@ pub fn status(
         if !wait || finished {
             return match state {
                 Some((id, st)) => {
-                    report(out, "status", &id, &st)?;
+                    report(ctx, out, "status", &id, &st)?;
                     // Scripts read the exit status: a finished run that left
                     // something wrong is a failure.
                     match st.trouble().filter(|_| finished) {
@@ -259,11 +272,14 @@ pub fn status(
             >= Duration::from_secs(idle_grace)
         {
             let (run, st) = state.expect("an unfinished run was read above");
-            report(out, "status", &run, &st)?;
+            report(ctx, out, "status", &run, &st)?;
             return Err(CliError::NobodyWorking {
                 run,
                 phase: st.phase,
             });
+        }
+        if let Some((_, st)) = &state {
+            ctx.steps.waiting(st);
         }
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -117,6 +117,20 @@ const STATUS_BUFFER: usize = 64 << 10;
 /// each journal write, before and after it.
 pub type Failpoint<'a> = &'a (dyn Fn(&str) -> bool + Sync);
 
+/// Told of each record as it is journaled, with the run's state before it
+/// (None for the first): how a verb shows its progress. Called under the
+/// run's locks: it must be quick and must not call the sequencer.
+pub trait Observer: Sync {
+    fn journaled(&self, rec: &Record, before: Option<&RunState>);
+}
+
+/// An observer that looks at nothing.
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn journaled(&self, _: &Record, _: Option<&RunState>) {}
+}
+
 /// Everything a run needs.
 pub struct Sequencer<'a> {
     pub ts: &'a dyn Toolstack,
@@ -131,6 +145,7 @@ pub struct Sequencer<'a> {
     pub failpoint: Failpoint<'a>,
     /// Set (by SIGINT/SIGTERM) to stop starting new steps.
     pub stop: &'a AtomicBool,
+    pub observer: &'a dyn Observer,
 }
 
 /// The run being worked on: its journal and where it lives.
@@ -243,6 +258,7 @@ impl<'a> Sequencer<'a> {
             let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
             journal.append(&rec)?;
             let mut state = run.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.observer.journaled(&rec, state.as_ref());
             match state.as_mut() {
                 Some(s) => s.apply(rec),
                 // The first record's plan moves into the state, uncopied.

@@ -15,7 +15,7 @@ use xenmaint::boot::{BootEntry, BootLoader, MemoryBoot};
 use xenmaint::domain::{DomainState, Uuid};
 use xenmaint::guest::PowerOptions;
 use xenmaint::plan::{Concurrency, HostFacts, Policy};
-use xenmaint::sequencer::Sequencer;
+use xenmaint::sequencer::{Sequencer, Unobserved};
 use xenmaint::sim::{Sim, SimHost};
 use xenmaint::toolstack::Toolstack;
 
@@ -130,6 +130,7 @@ pub fn seq<'a>(
         power: power(),
         failpoint,
         stop: &NO_STOP,
+        observer: &Unobserved,
     }
 }
 
