@@ -2,20 +2,36 @@
 //! bindings from bindgen (when libclang can be loaded) or from the copy
 //! pre-generated for this libxl series under `vendor/` (a dom0 rarely has
 //! clang). A libxl series with no vendored bindings is refused: the safe
-//! wrapper is written against those exact layouts.
+//! wrapper is written against those exact layouts, one set per series (the
+//! structs' sizes and offsets differ between series).
+//!
+//! The series is passed on as `cfg(libxl_series = "4.20")`, to dependants as
+//! DEP_XENLIGHT_SERIES, and to this crate's tests as XENLIGHT_SYS_SERIES.
+//! With XENLIGHT_SYS_CHECK_VENDOR set, a build whose bindgen output differs
+//! from the vendored copy fails: how CI checks a series whose headers are
+//! unpacked beside the installed ones (pkg-config's PKG_CONFIG_SYSROOT_DIR
+//! and PKG_CONFIG_LIBDIR pointed at them).
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// libxl series (major.minor) this crate has bindings for.
-const SUPPORTED: &[&str] = &["4.17"];
+const SUPPORTED: &[&str] = &["4.17", "4.20"];
 
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-env-changed=XENLIGHT_SYS_USE_VENDOR");
     println!("cargo:rerun-if-env-changed=XENLIGHT_SYS_WRITE_VENDOR");
+    println!("cargo:rerun-if-env-changed=XENLIGHT_SYS_CHECK_VENDOR");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_SYSROOT_DIR");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_LIBDIR");
     println!("cargo::rustc-check-cfg=cfg(libxl_have, values(any()))");
+    let series_values: Vec<String> = SUPPORTED.iter().map(|s| format!("\"{s}\"")).collect();
+    println!(
+        "cargo::rustc-check-cfg=cfg(libxl_series, values({}))",
+        series_values.join(", ")
+    );
     println!("cargo::rustc-check-cfg=cfg(xenlight_sys_generated)");
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -23,6 +39,7 @@ fn main() {
 
     // docs.rs-style builds: no library to link, vendored bindings only.
     if env::var_os("DOCS_RS").is_some() {
+        emit_series(SUPPORTED[0]);
         copy_vendor(&vendor_root, SUPPORTED[0], &out);
         return;
     }
@@ -62,6 +79,8 @@ fn main() {
         ));
     }
 
+    emit_series(&series);
+
     let mut include_paths = xenlight.include_paths.clone();
     include_paths.extend(toollog.include_paths.iter().cloned());
     include_paths.extend(xenstore.include_paths.iter().cloned());
@@ -83,11 +102,28 @@ fn main() {
             fs::create_dir_all(&dir).expect("create vendor directory");
             fs::write(dir.join("bindings.rs"), &generated).expect("write vendored bindings");
         }
-    } else if write_vendor {
-        fail("XENLIGHT_SYS_WRITE_VENDOR needs libclang (Debian: libclang-dev)");
+        if env::var_os("XENLIGHT_SYS_CHECK_VENDOR").is_some() {
+            let vendored = vendor_root.join(format!("xenlight-{series}/bindings.rs"));
+            if fs::read_to_string(&vendored).ok().as_deref() != Some(generated.as_str()) {
+                fail(&format!(
+                    "{} differs from what bindgen makes of the libxl {series} headers found; \
+                     run scripts/regenerate-bindings against them and review",
+                    vendored.display()
+                ));
+            }
+        }
+    } else if write_vendor || env::var_os("XENLIGHT_SYS_CHECK_VENDOR").is_some() {
+        fail("XENLIGHT_SYS_WRITE_VENDOR and XENLIGHT_SYS_CHECK_VENDOR need libclang (Debian: libclang-dev)");
     } else {
         copy_vendor(&vendor_root, &series, &out);
     }
+}
+
+/// The series, for this crate's code and tests and for dependants.
+fn emit_series(series: &str) {
+    println!("cargo:rustc-cfg=libxl_series=\"{series}\"");
+    println!("cargo:rustc-env=XENLIGHT_SYS_SERIES={series}");
+    println!("cargo:series={series}");
 }
 
 /// "4.17.0" -> "4.17".
@@ -138,7 +174,9 @@ fn generate(include_paths: &[PathBuf]) -> String {
 }
 
 /// `#define LIBXL_HAVE_FOO 1` in libxl.h becomes `cfg(libxl_have = "foo")`
-/// here, and is passed to dependants as DEP_XENLIGHT_HAVE (comma list).
+/// here, and is passed to dependants as DEP_XENLIGHT_HAVE (comma list). The
+/// macros are the C preprocessor's (`cc -E -dM` of wrapper.h): a scan of the
+/// header's text would take those under `#if` for other architectures too.
 fn emit_have_cfgs(include_paths: &[PathBuf]) {
     let header = include_paths
         .iter()
@@ -146,8 +184,25 @@ fn emit_have_cfgs(include_paths: &[PathBuf]) {
         .find(|p| p.exists())
         .unwrap_or_else(|| fail("libxl.h not found; on Debian install libxen-dev"));
     println!("cargo:rerun-if-changed={}", header.display());
-    let text = fs::read_to_string(&header).expect("read libxl.h");
-    let mut haves: Vec<String> = text
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let mut cmd = std::process::Command::new(&cc);
+    cmd.args(["-E", "-dM"]);
+    for p in include_paths {
+        cmd.arg(format!("-I{}", p.display()));
+    }
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("wrapper.h"));
+    let output = cmd.output().unwrap_or_else(|e| {
+        fail(&format!(
+            "cannot run the C preprocessor {cc} ({e}); on Debian install gcc"
+        ))
+    });
+    if !output.status.success() {
+        fail(&format!(
+            "the C preprocessor {cc} failed on wrapper.h: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut haves: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();

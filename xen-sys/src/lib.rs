@@ -1,9 +1,10 @@
-//! Raw FFI bindings to libxenlight (libxl) and xentoollog, Xen 4.17.
+//! Raw FFI bindings to libxenlight (libxl) and xentoollog, Xen 4.17 and 4.20.
 //!
 //! Nothing here is safe or clever: the generated items are the C API as the
 //! headers declare it. The `xenmaint` crate wraps them. Bindings come from
 //! bindgen at build time when libclang is available, otherwise from the copy
-//! in the repository's `vendor/xenlight-4.17/` (see `build.rs`).
+//! in the repository's `vendor/xenlight-<series>/` for the installed series
+//! (see `build.rs`), which is `cfg(libxl_series = "...")`.
 //!
 //! `LIBXL_HAVE_*` feature macros are exposed as `cfg(libxl_have = "...")`,
 //! lower-cased without the prefix, and passed to dependants as
