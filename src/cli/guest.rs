@@ -116,8 +116,15 @@ pub fn restore(
     Ok(())
 }
 
-pub fn verify(image: &Path, out: &Output) -> Result<(), CliError> {
-    let r = ops::verify(image)?;
+pub fn verify(image: &Path, out: &Output, quiet: bool) -> Result<(), CliError> {
+    // A large image takes a while to read and checksum.
+    let bar = super::steps::spinner(
+        quiet || out.json,
+        &format!("verifying {}", printable(&image.display().to_string())),
+    );
+    let r = ops::verify(image);
+    bar.finish_and_clear();
+    let r = r?;
     if out.json {
         return Ok(out.event("verified", &r)?);
     }

@@ -485,7 +485,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
     // Verifying an image needs no toolstack: it works on any machine.
     if let Verb::Verify { image } = &args.verb {
         let out = Output::new(args.json, None, out);
-        return guest::verify(image, &out);
+        return guest::verify(image, &out, args.quiet);
     }
     let sim = args.sim.as_deref().map(Sim::load).transpose()?;
     if sim.is_none() && !nix::unistd::geteuid().is_root() {

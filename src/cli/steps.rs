@@ -1,7 +1,7 @@
 //! What the long verbs show on a terminal as they go: for the run verbs
 //! (drain, run, resume, rollback) a line as each guest's step ends and a
-//! spinner naming the steps under way; for `status --wait` and a guest's
-//! `shutdown`/`reboot --wait`, a spinner saying what is awaited. Nothing in
+//! spinner naming the steps under way; for `status --wait`, a guest's
+//! `shutdown`/`reboot --wait` and `verify`, a spinner saying what is awaited. Nothing in
 //! scripts (stderr not a terminal), with --json or --quiet: the result and
 //! `status` say the rest.
 
