@@ -1,18 +1,17 @@
 //! What the long verbs show on a terminal as they go: for the run verbs
 //! (drain, run, resume, rollback) a line as each guest's step ends and a
 //! spinner naming the steps under way; for `status --wait`, a guest's
-//! `shutdown`/`reboot --wait` and `verify`, a spinner saying what is awaited. Nothing in
-//! scripts (stderr not a terminal), with --json or --quiet: the result and
-//! `status` say the rest.
+//! `shutdown`/`reboot --wait` and `verify`, a spinner saying what is
+//! awaited. Nothing in scripts (stderr not a terminal), with --json or
+//! --quiet: the result and `status` say the rest.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::Uuid;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::domain::printable;
+use crate::domain::{printable, Uuid};
 use crate::sequencer::{GuestState, Observer, Record, RunState, Step};
 
 pub struct Steps {
@@ -45,10 +44,6 @@ impl Steps {
         if let Some(bar) = shown.bar.take() {
             bar.finish_and_clear();
         }
-    }
-
-    fn bar(&self) -> ProgressBar {
-        spinner(self.hidden, "")
     }
 
     /// While `status --wait` waits: where the run stands.
@@ -90,7 +85,7 @@ impl Observer for Steps {
     fn journaled(&self, rec: &Record, state: Option<&RunState>) {
         let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
         let Shown { bar, under_way } = &mut *shown;
-        let bar = bar.get_or_insert_with(|| self.bar());
+        let bar = bar.get_or_insert_with(|| spinner(self.hidden, ""));
         if let Some(line) = line(rec, state, under_way, Instant::now()) {
             bar.println(line);
         }
