@@ -301,8 +301,9 @@ impl StreamScanner {
                     )));
                 }
                 let opts = be32(&b[12..16]);
+                // An option bit this xenmaint does not know is a newer libxl's, not damage.
                 if opts & !(LIBXL_OPT_BIG_ENDIAN | LIBXL_OPT_LEGACY) != 0 {
-                    return Err(at(self, format!("reserved libxl header options {opts:#x}")));
+                    return Err(self.unsupported(format!("libxl header options {opts:#x}")));
                 }
                 if (opts & LIBXL_OPT_BIG_ENDIAN != 0) != cfg!(target_endian = "big") {
                     return Err(ImageError::ForeignByteOrder);
@@ -322,10 +323,9 @@ impl StreamScanner {
                 let opts = u16::from_be_bytes([b[16], b[17]]);
                 let reserved = u16::from_be_bytes([b[18], b[19]]) as u32 | be32(&b[20..24]);
                 if opts & !1 != 0 || reserved != 0 {
-                    return Err(at(
-                        self,
-                        "reserved bits set in the libxc image header".into(),
-                    ));
+                    return Err(self.unsupported(format!(
+                        "libxc image header options {opts:#x}, reserved {reserved:#x}"
+                    )));
                 }
                 if (opts & 1 != 0) != cfg!(target_endian = "big") {
                     return Err(ImageError::ForeignByteOrder);
@@ -339,7 +339,7 @@ impl StreamScanner {
                     2 => GuestKind::X86Hvm,
                     3 => GuestKind::X86Pvh,
                     4 => GuestKind::Arm,
-                    t => return Err(at(self, format!("unknown guest type {t}"))),
+                    t => return Err(self.unsupported(format!("guest type {t}"))),
                 });
                 if ne16(&b[4..6]) != 12 {
                     return Err(at(self, "page shift is not 12 (4 KiB pages)".into()));
@@ -629,5 +629,24 @@ mod tests {
             scan(&bytes, 64),
             Err(ImageError::UnsupportedStream(_))
         ));
+    }
+
+    #[test]
+    fn unknown_options_and_guest_types_are_unsupported_not_corrupt() {
+        let cases: [(usize, &[u8], &str); 3] = [
+            (12, &4u32.to_be_bytes(), "libxl header options 0x4"),
+            (40, &[0, 2], "libxc image header options 0x2"),
+            (48, &9u32.to_ne_bytes(), "guest type 9"),
+        ];
+        for (at, patch, what) in cases {
+            let mut bytes = stream(0);
+            bytes[at..at + patch.len()].copy_from_slice(patch);
+            match scan(&bytes, 64) {
+                Err(e @ ImageError::UnsupportedStream(_)) => {
+                    assert!(e.to_string().contains(what), "{e}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
     }
 }
