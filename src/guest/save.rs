@@ -622,7 +622,9 @@ mod tests {
                 DirectWriter::new(file)
             };
             let mut sink = Sink::new(out, &header, 0, &no_progress).unwrap();
-            let (mut rd, mut wr) = std::io::pipe().unwrap();
+            // Not std::io::pipe: it is Rust 1.87's, and Debian 13 builds with 1.85.
+            let (rd, wr) = nix::unistd::pipe().unwrap();
+            let (mut rd, mut wr) = (File::from(rd), File::from(wr));
             let taken = std::thread::scope(|s| {
                 let sent = &data;
                 s.spawn(move || wr.write_all(sent).unwrap());

@@ -23,7 +23,7 @@ pub use stream::{synth, GuestKind, StreamScanner, StreamSummary};
 /// doubles as needed. Not `read_to_end`, which probes with small reads
 /// first and asks a file for its size: a dozen calls where one will do for
 /// what is read thousands of times (manifests, simulated streams).
-pub fn read_whole(from: &mut dyn Read, first: usize) -> std::io::Result<Vec<u8>> {
+pub fn read_whole<R: Read + ?Sized>(from: &mut R, first: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0; first.max(1)];
     let mut len = 0;
     loop {
