@@ -92,3 +92,20 @@ nx_cpu_capacity() {
   fi
   echo "$cap ${why:-no CPU quota}"
 }
+
+# nx_lanes CPUS: how many nested VMs run at once when they may use CPUS (NESTED_XEN_JOBS
+# overrides): two from 1.3 CPUs, else one (the suite's "Lanes" comment says why).
+nx_lanes() { echo "${NESTED_XEN_JOBS:-$(awk -v c="$1" 'BEGIN { print (c >= 1.3 ? 2 : 1) }')}"; }
+
+# nx_spare_cpus: the CPUs the suite's VMs leave idle, as "CPUS WHY": a quota on QEMU alone
+# (NESTED_XEN_SLOW) leaves the rest of the machine to other work; a quota of the whole run,
+# or none, is a pool the VMs share with it. One VM keeps about 1.1 CPUs busy.
+nx_spare_cpus() {
+  local cap why lanes pool
+  read -r cap why < <(nx_cpu_capacity)
+  lanes=$(nx_lanes "$cap")
+  pool=$cap
+  [[ $why != NESTED_XEN_SLOW=* ]] || pool=$(nproc)
+  awk -v p="$pool" -v c="$cap" -v l="$lanes" 'BEGIN { u = l * 1.1; if (u > c) u = c; s = p - u; printf "%.2f", (s > 0 ? s : 0) }'
+  echo " ($lanes VM(s) at once, on $cap of $(nproc) CPUs: $why)"
+}
