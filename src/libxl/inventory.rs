@@ -141,6 +141,18 @@ impl Libxl {
     }
 }
 
+/// libxl's domain info knows only Xen's two containers, PV and HVM, so a PVH
+/// guest reads as HVM (xl's vcpu-pin relies on that); the type it was created
+/// with is in libxl's own xenstore area, `/libxl/<domid>/type`, where libxl
+/// itself looks it up (`read`: a xenstore read).
+fn created_type(info: &mut DomainInfo, read: impl Fn(&str) -> Option<String>) {
+    if info.dtype == DomainType::Hvm
+        && read(&format!("/libxl/{}/type", info.domid)).is_some_and(|t| t.trim() == "pvh")
+    {
+        info.dtype = DomainType::Pvh;
+    }
+}
+
 fn info_from(d: &sys::libxl_dominfo, name: String) -> DomainInfo {
     let flags = StateFlags {
         running: d.running,
@@ -193,9 +205,14 @@ impl Toolstack for Libxl {
         }
         // SAFETY: libxl returned an array of n initialised dominfos.
         let items = unsafe { std::slice::from_raw_parts(list, n.max(0) as usize) };
+        let xs = super::Xenstore::open();
         let mut out: Vec<DomainInfo> = items
             .iter()
-            .map(|d| info_from(d, self.name_of(d.domid)))
+            .map(|d| {
+                let mut info = info_from(d, self.name_of(d.domid));
+                created_type(&mut info, |p| xs.as_ref()?.read(p));
+                info
+            })
             .collect();
         // SAFETY: list and n are exactly what libxl_list_domain returned.
         unsafe { sys::libxl_dominfo_list_free(list, n) };
@@ -244,7 +261,7 @@ impl Toolstack for Libxl {
         let info = (rc == 0).then(|| info_from(&d, self.name_of(domid)));
         // SAFETY: d was initialised above and is disposed exactly once.
         unsafe { sys::libxl_dominfo_dispose(&mut d) };
-        let info = match rc {
+        let mut info = match rc {
             0 => info.expect("set when rc == 0"),
             sys::ERROR_DOMAIN_NOTFOUND => {
                 return Err(ToolstackError::NoSuchDomain(DomainRef::Id(domid)))
@@ -256,6 +273,8 @@ impl Toolstack for Libxl {
                 })
             }
         };
+        let xs = super::Xenstore::open();
+        created_type(&mut info, |p| xs.as_ref()?.read(p));
         let config = self.config(domid)?;
         let mut disks = self.disks(domid);
         if let Some(config) = &config {
@@ -381,4 +400,43 @@ unsafe fn take_string(p: *mut c_char) -> Option<String> {
     // SAFETY: p came from malloc (or is NULL) and is freed only here.
     unsafe { libc::free(p.cast()) };
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DomainState;
+
+    fn info(dtype: DomainType) -> DomainInfo {
+        DomainInfo {
+            domid: 7,
+            name: "g".into(),
+            uuid: "00000000-0000-0000-0000-000000000007".parse().unwrap(),
+            state: DomainState::Blocked,
+            dtype,
+            memory_kib: 131072,
+            max_memory_kib: 131072,
+            vcpus: 1,
+            shutdown_reason: None,
+        }
+    }
+
+    #[test]
+    fn an_hvm_container_created_as_pvh_is_pvh() {
+        let typed = |dtype, stored: Option<&str>| {
+            let mut i = info(dtype);
+            let asked = std::cell::Cell::new(false);
+            created_type(&mut i, |path| {
+                assert_eq!(path, "/libxl/7/type");
+                asked.set(true);
+                stored.map(String::from)
+            });
+            (i.dtype, asked.get())
+        };
+        assert_eq!(typed(DomainType::Hvm, Some("pvh")), (DomainType::Pvh, true));
+        assert_eq!(typed(DomainType::Hvm, Some("hvm")), (DomainType::Hvm, true));
+        assert_eq!(typed(DomainType::Hvm, None), (DomainType::Hvm, true));
+        // A PV guest is what libxl says; xenstore is not asked.
+        assert_eq!(typed(DomainType::Pv, Some("pvh")), (DomainType::Pv, false));
+    }
 }
