@@ -94,11 +94,13 @@ guest_request() {
   local ip=$1 req=${2:-STATUS}
   timeout 10 bash -c 'exec 3<>"/dev/tcp/$0/7000" && printf "%s\n" "$1" >&3 && cat <&3' "$ip" "$req"
 }
-# Guest table from the image: name ip mac uuid mem. The "extra" guests (the benchmark's
-# fourth) only with NESTED_GUESTS_ALL=1.
+# Guest table from the image: name ip mac uuid mem type (pv or pvh). The "extra" guests (the
+# benchmark's fourth) only with NESTED_GUESTS_ALL=1.
 guests() {
-  grep -v '^#' /etc/xen/guests/guests.list \
-    | awk -v all="${NESTED_GUESTS_ALL:-0}" 'NF>=5 && (all == 1 || $6 != "extra") {print $1, $2, $3, $4, $5}'
+  grep -v '^#' /etc/xen/guests/guests.list | awk -v all="${NESTED_GUESTS_ALL:-0}" 'NF >= 5 {
+    extra = 0; type = "pv"
+    for (i = 6; i <= NF; i++) { if ($i == "extra") extra = 1; if ($i == "pvh") type = "pvh" }
+    if (all == 1 || !extra) print $1, $2, $3, $4, $5, type }'
 }
 
 # ---- the image's guests (shared by scenarios) ---------------------------------------------
@@ -182,7 +184,7 @@ for line in open(sys.argv[2]):
     f = line.split()
     if len(f) < 5 or f[0].startswith("#"):
         continue
-    if len(f) > 5 and f[5] == "extra" and os.environ.get("NESTED_GUESTS_ALL") != "1":
+    if "extra" in f[5:] and os.environ.get("NESTED_GUESTS_ALL") != "1":
         continue
     name, ip, mac, uuid = f[:4]
     d = doms.get(name)
@@ -190,13 +192,16 @@ for line in open(sys.argv[2]):
         bad.append(f"{name}: missing"); continue
     if str(d.get("uuid", "")).lower() != uuid:
         bad.append(f"{name}: uuid {d.get('uuid')} != {uuid}")
+    want = "pvh" if "pvh" in f[5:] else "pv"
+    if d.get("type") != want:   # (libxl's domain info says hvm for a PVH guest)
+        bad.append(f"{name}: type {d.get('type')} != {want}")
     nics = d.get("nics") or []
     if not any(str(n.get("mac", "")).lower() == mac and n.get("ip") == ip and n.get("bridge") == "xenbr0" for n in nics):
         bad.append(f"{name}: no nic with mac={mac} ip={ip} bridge=xenbr0 in {nics}")
     disks = d.get("disks") or []
     if not any(k.get("path") == f"/var/lib/xen-guests/{name}.img" and k.get("format") == "raw" for k in disks):
         bad.append(f"{name}: no raw disk /var/lib/xen-guests/{name}.img in {disks}")
-    print(f"xenmaint list: {name} domid={d.get('domid')} state={d.get('state')} nics={len(nics)} disks={len(disks)}")
+    print(f"xenmaint list: {name} domid={d.get('domid')} type={d.get('type')} state={d.get('state')} nics={len(nics)} disks={len(disks)}")
 for b in bad:
     print("xenmaint list:", b)
 sys.exit(1 if bad else 0)

@@ -53,7 +53,7 @@ def read_guests(path):
         f = line.split()
         if len(f) >= 5 and not f[0].startswith("#"):
             out.append({"name": f[0], "ip": f[1], "mac": f[2], "uuid": f[3],
-                        "extra": len(f) > 5 and f[5] == "extra"})
+                        "extra": "extra" in f[5:]})
     return out
 
 
