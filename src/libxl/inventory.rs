@@ -142,7 +142,7 @@ impl Libxl {
 }
 
 /// libxl's domain info knows only Xen's two containers, PV and HVM, so a PVH
-/// guest reads as HVM (xl's vcpu-pin relies on that); the type it was created
+/// guest reads as HVM (where xl uses it, the two are alike); the type it was created
 /// with is in libxl's own xenstore area, `/libxl/<domid>/type`, where libxl
 /// itself looks it up (`read`: a xenstore read).
 fn created_type(info: &mut DomainInfo, read: impl Fn(&str) -> Option<String>) {
