@@ -412,7 +412,7 @@ impl HypervisorVersion {
     }
 }
 
-/// Host memory, from physinfo.
+/// Host memory and what the hypervisor can do, from physinfo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhysInfo {
     pub total_memory_kib: u64,
@@ -420,6 +420,16 @@ pub struct PhysInfo {
     /// Memory promised to domains being built but not yet handed out.
     pub outstanding_memory_kib: u64,
     pub nr_cpus: u32,
+    /// Xen was built with shadow paging (`xl info`'s virt_caps "shadow"). A
+    /// live save of a PV guest needs it to track the pages the guest
+    /// dirties; Debian 13's Xen is built without it. (Absent from records
+    /// written before it was read: those hosts were Debian 12's, which has it.)
+    #[serde(default = "yes")]
+    pub shadow_paging: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
-use crate::domain::{DomId, DomainDetail, DomainState, HypervisorVersion, Nic, PhysInfo, Uuid};
+use crate::domain::{
+    DomId, DomainDetail, DomainState, DomainType, HypervisorVersion, Nic, PhysInfo, Uuid,
+};
 use crate::toolstack::{Result, Toolstack};
 
 /// What happens to a guest during maintenance.
@@ -518,6 +520,19 @@ fn survey(
         if let Some(why) = refused {
             findings.push(finding(Severity::Error, why.into()));
         }
+        if policy.live
+            && action == Action::Save
+            && info.dtype == DomainType::Pv
+            && !phys.shadow_paging
+        {
+            findings.push(finding(
+                Severity::Error,
+                "is a PV guest, and this Xen is built without shadow paging, which a live save \
+                 of a PV guest needs (live = true in the policy): set live = false, and it \
+                 pauses for its whole save"
+                    .into(),
+            ));
+        }
         if action == Action::Dump && refused.is_none() {
             findings.push(finding(
                 Severity::Warning,
@@ -782,6 +797,54 @@ mod tests {
             },
         );
         assert!(!plan(&ts, &policy, &roomy()).unwrap().blocked());
+    }
+
+    /// Debian 13's Xen has no shadow paging: a live save of a PV guest
+    /// cannot track its dirty pages there. With live = true the plan blocks
+    /// on each PV guest it would save, naming it; without, or with shadow
+    /// paging, nothing is said.
+    #[test]
+    fn live_saves_of_pv_guests_need_shadow_paging() {
+        let mut host = example().snapshot();
+        host.physinfo.shadow_paging = false;
+        let no_shadow = Sim::new(host).unwrap();
+        let mut live = Policy {
+            live: true,
+            ..Policy::default()
+        };
+        live.guests.insert(
+            "cache-1".into(),
+            GuestPolicy {
+                action: Some(Action::Shutdown),
+                priority: 0,
+            },
+        );
+        let shadow_findings = |p: &Plan| -> Vec<String> {
+            p.findings
+                .iter()
+                .filter(|f| f.message.contains("shadow paging"))
+                .map(|f| format!("{:?} {}", f.severity, f.guest.as_deref().unwrap_or("")))
+                .collect()
+        };
+        let p = plan(&no_shadow, &live, &roomy()).unwrap();
+        assert!(p.blocked());
+        assert_eq!(
+            shadow_findings(&p),
+            ["Error web-1", "Error db-1"],
+            "the two PV guests saved; cache-1 is shut down"
+        );
+        let p = plan(&no_shadow, &Policy::default(), &roomy()).unwrap();
+        assert!(
+            shadow_findings(&p).is_empty() && !p.blocked(),
+            "{:?}",
+            p.findings
+        );
+        let p = plan(&example(), &live, &roomy()).unwrap();
+        assert!(
+            shadow_findings(&p).is_empty() && !p.blocked(),
+            "{:?}",
+            p.findings
+        );
     }
 
     /// The example host with web-1 changed by `f`.

@@ -808,6 +808,7 @@ mod tests {
                 free_memory_kib: 1024,
                 outstanding_memory_kib: 0,
                 nr_cpus: 2,
+                shadow_paging: true,
             },
             domains,
             faults: vec![],

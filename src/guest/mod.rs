@@ -69,6 +69,13 @@ pub enum OpError {
          request (libxl would wait for it, then fail); `xl unpause {0}` first"
     )]
     Paused(String),
+    #[error(
+        "refusing a live save of {0}: it is a PV guest, and this Xen is built without shadow \
+         paging (xl info: no \"shadow\" in virt_caps; Debian 13's Xen is), which a live save \
+         of a PV guest needs to track the pages it dirties; save it without --live (it then \
+         pauses for its whole save)"
+    )]
+    LiveNeedsShadow(String),
     #[error("saving {name} failed: {cause}; {outcome}")]
     SaveFailed {
         name: String,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{millis, OpError, Progress, ProgressFn, Recovery, Steps};
-use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, ShutdownReason};
+use crate::domain::{DomId, DomainInfo, DomainRef, DomainState, DomainType, ShutdownReason};
 use crate::durable;
 use crate::image::{
     self, manifest_path, Checksum, DirectWriter, DiskIdentity, ImageError, Manifest, SavedOn,
@@ -230,6 +230,9 @@ pub fn save(
     let was_paused = info.state == DomainState::Paused;
     if was_paused && !opts.paused_ok {
         return Err(OpError::Paused(info.name));
+    }
+    if opts.live && info.dtype == DomainType::Pv && !ts.physinfo()?.shadow_paging {
+        return Err(OpError::LiveNeedsShadow(info.name));
     }
     let (detail, config) = ts.domain_detail_text(info.domid)?;
     let config = config.ok_or_else(|| OpError::NoConfig(info.name.clone()))?;

@@ -329,6 +329,7 @@ impl Toolstack for Libxl {
             free_memory_kib: p.free_pages * PAGE_KIB,
             outstanding_memory_kib: p.outstanding_pages * PAGE_KIB,
             nr_cpus: p.nr_cpus,
+            shadow_paging: p.cap_shadow,
         };
         // SAFETY: p was initialised above and is disposed exactly once.
         unsafe { sys::libxl_physinfo_dispose(&mut p) };

@@ -592,6 +592,7 @@ mod tests {
                 free_memory_kib: 1 << 20,
                 outstanding_memory_kib: 0,
                 nr_cpus: 8,
+                shadow_paging: true,
             },
             concurrency: 2,
             est_drain_s: 0.125,
