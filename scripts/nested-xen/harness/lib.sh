@@ -4,6 +4,9 @@ NESTED_STATE=/nested/state       # survives reboots (the io disk)
 NESTED_RESULTS=/nested/results   # copied to the runner's --out DIR after power-off
 export NESTED_STATE NESTED_RESULTS
 [ -r /nested/run.env ] && . /nested/run.env   # NESTED_CTL_PORT, written by the runner
+# The host (build-image): NX_HOST, XEN_SERIES, XEN_OLD/XEN_NEW (the installed build's package
+# version, the update's), XEN_OLD_SHORT/XEN_NEW_SHORT (the version each reports), XEN_HV_PKG.
+[ -r /boot/grub/nested-xen.env ] && . /boot/grub/nested-xen.env
 
 # A marker line for the runner: straight to the console (Xen's serial port), once; a copy
 # goes to results/markers.log. (Not to stdout: that reaches the console too, via the unit's

@@ -3,29 +3,77 @@
 
 NX_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # scripts/nested-xen
 NX_REPO=$(cd "$NX_DIR/../.." && pwd)                        # repository root
-NX_CACHE=${NESTED_XEN_CACHE:-$NX_REPO/.cache/nested-xen}    # git-ignored
-
-# The Xen series under test: the host is installed at the bookworm version, the
-# bookworm-security version is served from a local apt repository inside the image.
-XEN_OLD=4.17.5+72-g01140da4e8-1
-XEN_NEW=4.17.7+13-g2445b30a44-0+deb12u1
-XEN_OLD_SHORT=4.17.5
-XEN_NEW_SHORT=4.17.7
-# Every binary package of source "xen" that a dom0 installs: all of them are pinned to
-# XEN_OLD in the image and all of them are in the update repository at XEN_NEW, so the
-# upgrade is a consistent `apt-get install` of one source version.
-XEN_PKGS=(
-  xen-system-amd64 xen-hypervisor-4.17-amd64 xen-hypervisor-common
-  xen-utils-4.17 xen-utils-common xenstore-utils
-  libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
-  libxenhypfs1 libxenmisc4.17 libxenstore4 libxentoolcore1 libxentoollog1
-)
-# Everything else the dom0 needs (the kernel floats with the machine's apt sources).
+# The host under test, NESTED_XEN_HOST: a Debian release with the Xen series it ships. Each
+# has its own cache (image, snapshot, runs).
+#   debian12  Debian 12 (bookworm), Xen 4.17: installed at bookworm's 4.17.5, patched to
+#             bookworm-security's 4.17.7 (every package of source "xen").
+#   debian13  Debian 13 (trixie), Xen 4.20: trixie's tools with the hypervisor of forky's
+#             older 4.20.4+39 build, patched to trixie's 4.20.4+63 hypervisor. Debian 13
+#             ships one 4.20 build only; forky's tools need a newer libc than trixie's, its
+#             hypervisor package depends on nothing (../shared/PORT-4.20.md). Both builds
+#             call themselves 4.20.5-pre: they differ by build id.
+# XEN_OLD/XEN_NEW: the package versions; XEN_*_SHORT: the version each build reports (xl
+# info's xen_version); XEN_OLD_SUITE: where the old build is fetched.
+NX_HOST=${NESTED_XEN_HOST:-debian12}
+NX_CACHE=${NESTED_XEN_CACHE:-$NX_REPO/.cache/nested-xen}/$NX_HOST   # git-ignored
+case $NX_HOST in
+  debian12)
+    NX_SUITE=bookworm XEN_SERIES=4.17
+    XEN_OLD=4.17.5+72-g01140da4e8-1 XEN_OLD_SHORT=4.17.5 XEN_OLD_SUITE=bookworm
+    XEN_NEW=4.17.7+13-g2445b30a44-0+deb12u1 XEN_NEW_SHORT=4.17.7
+    # Every binary package of source "xen" that a dom0 installs: all of them are installed
+    # at XEN_OLD and all of them are in the update repository at XEN_NEW, so the upgrade
+    # is a consistent `apt-get install` of one source version.
+    XEN_PKGS=(
+      xen-system-amd64 xen-hypervisor-4.17-amd64 xen-hypervisor-common
+      xen-utils-4.17 xen-utils-common xenstore-utils
+      libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
+      libxenhypfs1 libxenmisc4.17 libxenstore4 libxentoolcore1 libxentoollog1
+    )
+    XEN_BASE_PKGS=()
+    ;;
+  debian13)
+    NX_SUITE=trixie XEN_SERIES=4.20
+    XEN_OLD=4.20.4+39-gf1e1321c87-1 XEN_OLD_SHORT=4.20.5-pre XEN_OLD_SUITE=forky
+    XEN_NEW=4.20.4+63-g7abfd2bce2-0+deb13u1 XEN_NEW_SHORT=4.20.5-pre
+    XEN_PKGS=(xen-hypervisor-4.20-amd64)
+    # The rest of Xen, at trixie's own version.
+    XEN_BASE_PKGS=(xen-system-amd64 xen-utils-4.20 xen-utils-common xenstore-utils libxenmisc4.20)
+    ;;
+  *) echo "nested-xen: unknown NESTED_XEN_HOST=$NX_HOST (debian12, debian13)" >&2; exit 2 ;;
+esac
+# Everything else the dom0 needs (the kernel floats with the release's apt sources).
 DOM0_PKGS=(
   systemd-sysv udev dbus linux-image-amd64 initramfs-tools
   iproute2 bridge-utils iputils-ping kmod procps util-linux e2fsprogs
   grub-common python3 less
 )
+
+# nx_apt SUITE: APT_RELEASE set to apt options for SUITE from this machine's own sources
+# (scripts/lib/apt-release.sh; nothing of the machine's apt state is touched), its lists
+# fetched at most once per hour.
+nx_apt() {
+  . "$NX_REPO/scripts/lib/apt-release.sh"
+  apt_release_setup "$NX_CACHE/apt-$1" "$1" || return 1
+  if [ -z "$(find "$NX_CACHE/apt-$1/lists" -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -n1)" ]; then
+    apt-get "${APT_RELEASE[@]}" update -q >&2 || return 1
+  fi
+}
+
+# nx_package HOST: builds xenmaint's .deb for HOST's Debian release, by that release (this
+# checkout's scripts/package when it is this machine's, else scripts/in-debian), and prints
+# its path as the last line.
+nx_package() {
+  local rel=${1#debian}
+  if [ "$rel" = "$(. /etc/os-release && echo "${VERSION_ID%%.*}")" ]; then
+    "$NX_REPO/scripts/package"
+  else
+    "$NX_REPO/scripts/in-debian" "$rel" scripts/package
+  fi
+}
+
+# nx_scenario_hosts SC: the hosts SC runs on (its "# nested-hosts:" line; debian12 without).
+nx_scenario_hosts() { sed -n 's/^# nested-hosts: *//p' "$1" | head -n1 | grep . || echo debian12; }
 
 nx_log() { printf '[nested-xen %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 nx_die() { nx_log "ERROR: $*"; exit 1; }
