@@ -196,6 +196,8 @@ class Run:
         if a.xenmaint:   # the package (installed by dpkg in the VM), or a bare binary
             shutil.copy(a.xenmaint, os.path.join(
                 io, "bin", "xenmaint.deb" if a.xenmaint.endswith(".deb") else "xenmaint"))
+        if a.files:   # inputs a scenario names (# nested-input): /nested/files in dom0
+            shutil.copytree(a.files, os.path.join(io, "files"))
         if a.units:   # what ships with xenmaint besides the binary (the resume unit)
             shutil.copytree(a.units, os.path.join(io, "systemd"))
         with open(os.path.join(io, "run.env"), "w") as f:
@@ -489,6 +491,7 @@ def main():
     p.add_argument("--image", required=True)
     p.add_argument("--xenmaint")
     p.add_argument("--units", help="directory of systemd units shipped with xenmaint")
+    p.add_argument("--files", help="directory the scenario finds at /nested/files")
     p.add_argument("--harness", required=True)
     p.add_argument("--guests", required=True)
     p.add_argument("--timeout", type=int, default=1800)
