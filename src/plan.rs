@@ -520,9 +520,11 @@ fn survey(
         if let Some(why) = refused {
             findings.push(finding(Severity::Error, why.into()));
         }
+        // (A paused guest is saved without --live: see the drain.)
         if policy.live
             && action == Action::Save
             && info.dtype == DomainType::Pv
+            && condition != Condition::Paused
             && !phys.shadow_paging
         {
             findings.push(finding(
@@ -845,6 +847,12 @@ mod tests {
             "{:?}",
             p.findings
         );
+        // A paused guest saved by policy is saved without --live.
+        let web = no_shadow.resolve(&"web-1".parse().unwrap()).unwrap().domid;
+        no_shadow.pause(web).unwrap();
+        live.paused = PausedChoice::Save;
+        let p = plan(&no_shadow, &live, &roomy()).unwrap();
+        assert_eq!(shadow_findings(&p), ["Error db-1"]);
     }
 
     /// The example host with web-1 changed by `f`.

@@ -5,7 +5,8 @@ NESTED_RESULTS=/nested/results   # copied to the runner's --out DIR after power-
 export NESTED_STATE NESTED_RESULTS
 [ -r /nested/run.env ] && . /nested/run.env   # NESTED_CTL_PORT, written by the runner
 # The host (build-image): NX_HOST, XEN_SERIES, XEN_OLD/XEN_NEW (the installed build's package
-# version, the update's), XEN_OLD_SHORT/XEN_NEW_SHORT (the version each reports), XEN_HV_PKG.
+# version, the update's), XEN_OLD_SHORT/XEN_NEW_SHORT (the version each reports, when the
+# host pins it), XEN_HV_PKG, XEN_PATCHED (the packages the update replaces).
 [ -r /boot/grub/nested-xen.env ] && . /boot/grub/nested-xen.env
 
 # A marker line for the runner: straight to the console (Xen's serial port), once; a copy

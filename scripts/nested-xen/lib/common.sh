@@ -7,20 +7,25 @@ NX_REPO=$(cd "$NX_DIR/../.." && pwd)                        # repository root
 # has its own cache (image, snapshot, runs).
 #   debian12  Debian 12 (bookworm), Xen 4.17: installed at bookworm's 4.17.5, patched to
 #             bookworm-security's 4.17.7 (every package of source "xen").
-#   debian13  Debian 13 (trixie), Xen 4.20: trixie's tools with the hypervisor of forky's
-#             older 4.20.4+39 build, patched to trixie's 4.20.4+63 hypervisor. Debian 13
-#             ships one 4.20 build only; forky's tools need a newer libc than trixie's, its
-#             hypervisor package depends on nothing (../shared/PORT-4.20.md). Both builds
-#             call themselves 4.20.5-pre: they differ by build id.
-# XEN_OLD/XEN_NEW: the package versions; XEN_*_SHORT: the version each build reports (xl
-# info's xen_version); XEN_OLD_SUITE: where the old build is fetched.
+#   debian13  Debian 13 (trixie), Xen 4.20: trixie's tools, and two builds of the hypervisor
+#             alone: Debian 13 ships one 4.20 build, so the other is forky's (or sid's),
+#             whose tools need a newer libc than trixie's but whose hypervisor package
+#             depends on nothing (../shared/PORT-4.20.md). The older of the two is
+#             installed, the newer is the patch (nx_builds picks them from the suites as
+#             they stand: forky moves). On 2026-12-04: forky's 4.20.4+39-gf1e1321c87-1,
+#             patched to trixie's 4.20.4+63-g7abfd2bce2-0+deb13u1; both report 4.20.5-pre
+#             and differ by build id.
+# XEN_OLD/XEN_NEW: the package versions, fetched from XEN_OLD_SUITE/XEN_NEW_SUITE (apt
+# configurations: a release's name covers its -security and -updates); XEN_*_SHORT: the
+# version each build reports (xl info's xen_version), empty where it is not pinned.
 NX_HOST=${NESTED_XEN_HOST:-debian12}
 NX_CACHE=${NESTED_XEN_CACHE:-$NX_REPO/.cache/nested-xen}/$NX_HOST   # git-ignored
 case $NX_HOST in
   debian12)
     NX_SUITE=bookworm XEN_SERIES=4.17
     XEN_OLD=4.17.5+72-g01140da4e8-1 XEN_OLD_SHORT=4.17.5 XEN_OLD_SUITE=bookworm
-    XEN_NEW=4.17.7+13-g2445b30a44-0+deb12u1 XEN_NEW_SHORT=4.17.7
+    XEN_NEW=4.17.7+13-g2445b30a44-0+deb12u1 XEN_NEW_SHORT=4.17.7 XEN_NEW_SUITE=bookworm
+    XEN_BUILD_SUITES=()
     # Every binary package of source "xen" that a dom0 installs: all of them are installed
     # at XEN_OLD and all of them are in the update repository at XEN_NEW, so the upgrade
     # is a consistent `apt-get install` of one source version.
@@ -34,8 +39,8 @@ case $NX_HOST in
     ;;
   debian13)
     NX_SUITE=trixie XEN_SERIES=4.20
-    XEN_OLD=4.20.4+39-gf1e1321c87-1 XEN_OLD_SHORT=4.20.5-pre XEN_OLD_SUITE=forky
-    XEN_NEW=4.20.4+63-g7abfd2bce2-0+deb13u1 XEN_NEW_SHORT=4.20.5-pre
+    XEN_OLD_SHORT='' XEN_NEW_SHORT=''
+    XEN_BUILD_SUITES=(trixie forky sid)
     XEN_PKGS=(xen-hypervisor-4.20-amd64)
     # The rest of Xen, at trixie's own version.
     XEN_BASE_PKGS=(xen-system-amd64 xen-utils-4.20 xen-utils-common xenstore-utils libxenmisc4.20)
@@ -51,13 +56,40 @@ DOM0_PKGS=(
 
 # nx_apt SUITE: APT_RELEASE set to apt options for SUITE from this machine's own sources
 # (scripts/lib/apt-release.sh; nothing of the machine's apt state is touched), its lists
-# fetched at most once per hour.
+# fetched when they are missing or six hours old (a stamp: apt keeps the archive's times on
+# the lists), so that the image a suite checked is the one its runs get.
 nx_apt() {
+  local dir=$NX_CACHE/apt-$1
   . "$NX_REPO/scripts/lib/apt-release.sh"
-  apt_release_setup "$NX_CACHE/apt-$1" "$1" || return 1
-  if [ -z "$(find "$NX_CACHE/apt-$1/lists" -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -n1)" ]; then
+  apt_release_setup "$dir" "$1" || return 1
+  if [ -z "$(find "$dir/updated" -mmin -360 2>/dev/null)" ]; then
     apt-get "${APT_RELEASE[@]}" update -q >&2 || return 1
+    touch "$dir/updated"
   fi
+}
+
+# nx_builds: XEN_OLD, XEN_NEW and their suites, exported (build-image, lib/rootfs.sh): the
+# pinned ones, or for a host with XEN_BUILD_SUITES the candidate of XEN_PKGS[0] in the
+# first of them and the first other build in the rest, the older one installed.
+nx_builds() {
+  local suite v first='' other='' first_suite='' other_suite=''
+  for suite in "${XEN_BUILD_SUITES[@]}"; do
+    nx_apt "$suite" || return 1
+    v=$(apt-cache "${APT_RELEASE[@]}" policy "${XEN_PKGS[0]}" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    case $v in ''|'(none)') continue ;; esac
+    if [ -z "$first" ]; then first=$v first_suite=$suite
+    elif [ "$v" != "$first" ]; then other=$v other_suite=$suite; break
+    fi
+  done
+  if ((${#XEN_BUILD_SUITES[@]})); then
+    [ -n "$other" ] || { nx_log "ERROR: $NX_HOST: one build of ${XEN_PKGS[0]} only (${first:-none}) in ${XEN_BUILD_SUITES[*]}: no patch to make"; return 1; }
+    if dpkg --compare-versions "$first" lt "$other"; then
+      XEN_OLD=$first XEN_OLD_SUITE=$first_suite XEN_NEW=$other XEN_NEW_SUITE=$other_suite
+    else
+      XEN_OLD=$other XEN_OLD_SUITE=$other_suite XEN_NEW=$first XEN_NEW_SUITE=$first_suite
+    fi
+  fi
+  export XEN_OLD XEN_OLD_SUITE XEN_NEW XEN_NEW_SUITE
 }
 
 # nx_package HOST: builds xenmaint's .deb for HOST's Debian release, by that release (this

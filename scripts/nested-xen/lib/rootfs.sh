@@ -11,8 +11,8 @@ out=$1
 work=$(mktemp -d "${NX_CACHE}/rootfs.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# The update: the XEN_NEW build of each patched package, from the release's own suites;
-# the base: their XEN_OLD build, from XEN_OLD_SUITE. Fetched with this machine's own apt
+# The update: the XEN_NEW build of each patched package, from XEN_NEW_SUITE; the base:
+# their XEN_OLD build, from XEN_OLD_SUITE. Fetched with this machine's own apt
 # sources, the suite renamed (no mirror is named anywhere in the repository).
 # fetch SUITE DIR PKG=VERSION...: `apt-get download` into DIR, every one of them or fail.
 fetch() {
@@ -23,7 +23,8 @@ fetch() {
   [ "$(ls "$dir"/*.deb 2>/dev/null | wc -l)" -eq $# ] || nx_die "expected $# packages from $suite in $dir, got: $(ls "$dir")"
 }
 nx_log "downloading Xen $XEN_OLD ($XEN_OLD_SUITE) and the $XEN_NEW update ($NX_SUITE)"
-fetch "$NX_SUITE" "$work/update" "${XEN_PKGS[@]/%/=$XEN_NEW}"
+[ -n "${XEN_NEW_SUITE:-}" ] || nx_builds   # (build-image resolves and exports them)
+fetch "$XEN_NEW_SUITE" "$work/update" "${XEN_PKGS[@]/%/=$XEN_NEW}"
 fetch "$XEN_OLD_SUITE" "$work/base" "${XEN_PKGS[@]/%/=$XEN_OLD}"
 chmod -R a+rX "$work"
 # A flat repository: Packages + Release. It is marked [trusted=yes] in the image: the
