@@ -65,5 +65,8 @@ apt_release_setup() {
   APT_RELEASE=(-o Dir::Etc::sourcelist="$dir/sources.list" -o Dir::Etc::sourceparts="$dir/empty.d"
     -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache"
     -o Dir::Etc::preferencesparts="$dir/empty.d" -o Dir::Etc::preferences=/dev/null
-    -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+    -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root
+    # (Not this machine's installed packages either: apt never makes a version older than
+    # an installed one the candidate, so Debian 12's libxen-dev would hide behind 13's.)
+    -o Dir::State::status=/dev/null)
 }
