@@ -2,6 +2,7 @@
 //! run knows exactly which build it expects after the reboot and can compare
 //! it with what Xen reports (`xl info`'s build_id) once it booted.
 
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::Path;
 
@@ -55,7 +56,10 @@ pub fn in_bytes(image: &[u8]) -> Option<String> {
         let Some(desc) = image.get(pos + 4..pos + 4 + descsz) else {
             continue;
         };
-        let hex: String = desc.iter().map(|b| format!("{b:02x}")).collect();
+        let mut hex = String::with_capacity(2 * desc.len());
+        for b in desc {
+            let _ = write!(hex, "{b:02x}"); // (writing to a String cannot fail)
+        }
         match &found {
             Some(f) if *f != hex => return None,
             _ => found = Some(hex),

@@ -168,7 +168,7 @@ mod tests {
         assert!(matches!(parse(&swapped), Err(ImageError::ForeignByteOrder)));
 
         let mut unknown = good.clone();
-        unknown[36..40].copy_from_slice(&(KNOWN_MANDATORY | 1 << 7).to_ne_bytes());
+        unknown[36..40].copy_from_slice(&(KNOWN_MANDATORY | (1 << 7)).to_ne_bytes());
         assert!(matches!(parse(&unknown), Err(ImageError::UnknownFlags(_))));
 
         let mut legacy = good.clone();

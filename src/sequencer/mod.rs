@@ -190,7 +190,7 @@ pub struct Summary {
     pub guests: Vec<(String, Uuid, GuestState)>,
 }
 
-impl<'a> Sequencer<'a> {
+impl Sequencer<'_> {
     fn runs_dir(&self) -> PathBuf {
         self.state_dir.join("runs")
     }
