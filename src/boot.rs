@@ -297,13 +297,16 @@ fn id_of(line: &str) -> Option<String> {
         .map(|w| w[1].trim_matches(|c| c == '\'' || c == '"').to_owned())
 }
 
-/// A boot loader in memory: for the simulator and the sequencer's tests.
+/// A boot loader in memory: for the sequencer's tests.
 #[derive(Debug, Default)]
 pub struct MemoryBoot {
     pub state: Mutex<MemoryBootState>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What a boot loader holds: its entries and its environment. The logic of
+/// every in-memory boot loader (`MemoryBoot`, the simulator's) is here once.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryBootState {
     pub entries: Vec<BootEntry>,
     pub saved_entry: Option<String>,
@@ -314,6 +317,68 @@ pub struct MemoryBootState {
     pub build_ids: std::collections::BTreeMap<String, String>,
 }
 
+impl MemoryBootState {
+    pub fn find(&self, name: &str) -> Result<BootEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.id == name || e.title == name)
+            .cloned()
+            .ok_or_else(|| BootError::NoEntry(name.to_owned()))
+    }
+
+    pub fn build_id_of(&self, id: &str) -> Result<Option<String>> {
+        self.find(id)?;
+        Ok(self.build_ids.get(id).cloned())
+    }
+
+    pub fn boot_once(&mut self, id: &str) -> Result<()> {
+        self.find(id)?;
+        self.next_entry = Some(id.to_owned());
+        Ok(())
+    }
+
+    pub fn commit(&mut self, id: &str) -> Result<()> {
+        self.find(id)?;
+        self.saved_entry = Some(id.to_owned());
+        self.next_entry = None;
+        Ok(())
+    }
+
+    /// The copy boots the same build as the hypervisor it copies.
+    pub fn keep_entry(
+        &mut self,
+        hypervisor: &str,
+        copy: &str,
+        id: &str,
+        title: &str,
+    ) -> Result<()> {
+        let Some(of) = self
+            .entries
+            .iter()
+            .find(|e| e.hypervisor.as_deref() == Some(hypervisor))
+            .map(|e| e.id.clone())
+        else {
+            return Err(BootError::NoEntryFor(hypervisor.to_owned()));
+        };
+        if let Some(build) = self.build_ids.get(&of).cloned() {
+            self.build_ids.insert(id.to_owned(), build);
+        }
+        self.entries.retain(|e| e.id != id);
+        self.entries.push(BootEntry {
+            id: id.to_owned(),
+            title: title.to_owned(),
+            hypervisor: Some(copy.to_owned()),
+        });
+        self.kept.push((id.to_owned(), hypervisor.to_owned()));
+        Ok(())
+    }
+
+    /// What GRUB does at boot: take next_entry once if set, else saved_entry.
+    pub fn boot(&mut self) -> Option<String> {
+        self.next_entry.take().or_else(|| self.saved_entry.clone())
+    }
+}
+
 impl MemoryBoot {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryBootState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -321,8 +386,7 @@ impl MemoryBoot {
 
     /// What GRUB does at boot: take next_entry once if set, else saved_entry.
     pub fn boot(&self) -> Option<String> {
-        let mut s = self.lock();
-        s.next_entry.take().or_else(|| s.saved_entry.clone())
+        self.lock().boot()
     }
 }
 
@@ -332,8 +396,7 @@ impl BootLoader for MemoryBoot {
     }
 
     fn build_id_of(&self, id: &str) -> Result<Option<String>> {
-        self.find(id)?;
-        Ok(self.lock().build_ids.get(id).cloned())
+        self.lock().build_id_of(id)
     }
 
     fn default_entry(&self) -> Result<Option<String>> {
@@ -345,36 +408,15 @@ impl BootLoader for MemoryBoot {
     }
 
     fn boot_once(&self, id: &str) -> Result<()> {
-        self.find(id)?;
-        self.lock().next_entry = Some(id.to_owned());
-        Ok(())
+        self.lock().boot_once(id)
     }
 
     fn commit(&self, id: &str) -> Result<()> {
-        self.find(id)?;
-        let mut s = self.lock();
-        s.saved_entry = Some(id.to_owned());
-        s.next_entry = None;
-        Ok(())
+        self.lock().commit(id)
     }
 
     fn keep_entry(&self, hypervisor: &str, copy: &str, id: &str, title: &str) -> Result<()> {
-        let mut s = self.lock();
-        if !s
-            .entries
-            .iter()
-            .any(|e| e.hypervisor.as_deref() == Some(hypervisor))
-        {
-            return Err(BootError::NoEntryFor(hypervisor.to_owned()));
-        }
-        s.entries.retain(|e| e.id != id);
-        s.entries.push(BootEntry {
-            id: id.to_owned(),
-            title: title.to_owned(),
-            hypervisor: Some(copy.to_owned()),
-        });
-        s.kept.push((id.to_owned(), hypervisor.to_owned()));
-        Ok(())
+        self.lock().keep_entry(hypervisor, copy, id, title)
     }
 }
 

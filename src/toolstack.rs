@@ -33,6 +33,9 @@ pub enum ToolstackError {
     /// A failure the simulator was told to inject.
     #[error("simulated failure of {call}: {message}")]
     Injected { call: Call, message: String },
+    /// A persistent simulated host's state file could not be read or written.
+    #[error("simulated host state lost: {0}")]
+    SimState(String),
 }
 
 /// Every call of the trait by name, so the simulator can fail any of them.

@@ -8,8 +8,22 @@ use std::process::{Command, Stdio};
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
 
+/// The bundled example host, copied into a folder of its own: a simulated
+/// host keeps its state beside its description, and each caller gets the
+/// host as the example describes it, never the source tree's.
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json")
+    let dir = tempfile::Builder::new()
+        .prefix("cli-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    let host = dir.join("sim-host.json");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sim-host.json"),
+        &host,
+    )
+    .unwrap();
+    host
 }
 
 fn xenmaint() -> Command {
@@ -246,6 +260,10 @@ fn hostile_names_cannot_break_tables_or_json() {
     });
     let h = host.to_str().unwrap();
     let images = dir.path().join("images");
+    let uuid = json_lines(&run(&["--sim", h, "list", "--json"]).stdout)[1]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = run(&[
         "--sim",
         h,
@@ -255,10 +273,6 @@ fn hostile_names_cannot_break_tables_or_json() {
         images.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let uuid = json_lines(&run(&["--sim", h, "list", "--json"]).stdout)[1]["uuid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let mut files: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -316,13 +330,14 @@ fn a_disk_that_fills_mid_save_keeps_the_guest_and_leaves_no_file() {
     ])
     .arg(&images);
     // SAFETY: between fork and exec only async-signal-safe calls: setrlimit
-    // and signal. A 4 KiB file size limit makes the image write fail
-    // mid-stream as a full disk would (EFBIG instead of ENOSPC).
+    // and signal. An 8 KiB file size limit makes the image write (9 KiB)
+    // fail mid-stream as a full disk would (EFBIG instead of ENOSPC); the
+    // simulated host's own state (5 KiB) still fits.
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
-                rlim_cur: 4096,
-                rlim_max: 4096,
+                rlim_cur: 8192,
+                rlim_max: 8192,
             };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);

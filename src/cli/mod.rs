@@ -6,6 +6,7 @@ mod inventory;
 mod output;
 mod plan;
 mod run;
+mod simulated;
 mod steps;
 
 use std::io;
@@ -338,9 +339,10 @@ pub struct HostRebootArgs {
     /// The Xen release expected after the reboot (e.g. 4.17.7).
     #[arg(long, value_name = "VERSION")]
     pub expect_version: Option<String>,
-    /// How to reboot the host.
-    #[arg(long, value_name = "CMD", default_value = "systemctl reboot")]
-    pub reboot_command: String,
+    /// How to reboot the host [default: systemctl reboot]. A simulated host
+    /// (--sim) reboots itself and starts its resume, as its unit would.
+    #[arg(long, value_name = "CMD")]
+    pub reboot_command: Option<String>,
 }
 
 /// Everything that can end a command unsuccessfully.
@@ -379,6 +381,8 @@ pub enum CliError {
          and --sim FILE need no root)"
     )]
     NotRoot,
+    #[error("a simulated host reboots itself: --reboot-command is for a real host")]
+    SimRebootCommand,
 }
 
 impl From<io::Error> for CliError {
@@ -405,6 +409,7 @@ impl CliError {
             CliError::Run(crate::sequencer::SeqError::Toolstack(e)) => e,
             CliError::StatusTimeout(_) => return exit::TIMEOUT,
             CliError::NotRoot => return exit::NOT_DOM0,
+            CliError::SimRebootCommand => return exit::USAGE,
             CliError::Op(OpError::Image(_) | OpError::Manifest(_)) => return exit::BAD_INPUT,
             CliError::Op(OpError::UntrustedProgram { .. }) => return exit::UNTRUSTED,
             CliError::Op(OpError::Timeout { .. }) => return exit::TIMEOUT,
@@ -487,7 +492,10 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
         let out = Output::new(args.json, None, out);
         return guest::verify(image, &out, args.quiet);
     }
-    let sim = args.sim.as_deref().map(Sim::load).transpose()?;
+    let sim = match &args.sim {
+        Some(file) => Some(Sim::open(file, &args.state_dir())?),
+        None => None,
+    };
     if sim.is_none() && !nix::unistd::geteuid().is_root() {
         return Err(CliError::NotRoot);
     }
@@ -507,14 +515,29 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
     });
     let out = Output::new(args.json, simulated, out);
     out.banner()?;
-    let sim = sim.as_ref();
+    let done = dispatch(args, ts, sim.as_ref(), &out);
+    // A simulated host whose state could not be kept is not what the
+    // command's output says: that fails the command.
+    match sim.as_ref().and_then(Sim::broken) {
+        Some(why) if done.is_ok() => Err(ToolstackError::SimState(why).into()),
+        _ => done,
+    }
+}
+
+/// Runs the verb on the host `ts` (`sim` when it is simulated).
+fn dispatch(
+    args: &Args,
+    ts: &dyn Toolstack,
+    sim: Option<&Sim>,
+    out: &Output,
+) -> Result<(), CliError> {
     match &args.verb {
-        Verb::List => inventory::list(ts, &out)?,
-        Verb::Info { domain } => inventory::info(ts, domain, &out)?,
-        Verb::Version => inventory::version(ts, &out)?,
+        Verb::List => inventory::list(ts, out)?,
+        Verb::Info { domain } => inventory::info(ts, domain, out)?,
+        Verb::Version => inventory::version(ts, out)?,
         Verb::Plan { policy } => {
             let ctx = run::context(args, ts, sim, Some(policy))?;
-            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?
+            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), out)?
         }
         Verb::Save {
             domain,
@@ -539,7 +562,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 fresh_dir: false,
                 paused_ok: false,
             };
-            guest::save(ts, domain, &opts, &out, args.quiet)?
+            guest::save(ts, domain, &opts, out, args.quiet)?
         }
         Verb::Restore {
             image,
@@ -552,7 +575,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 paused: *paused,
                 allow_programs: *allow_image_programs,
             },
-            &out,
+            out,
             args.quiet,
         )?,
         Verb::Verify { .. } => unreachable!("handled above"),
@@ -561,7 +584,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             domain,
             crate::toolstack::Request::Shutdown,
             wait,
-            &out,
+            out,
             args.quiet,
         )?,
         Verb::Reboot {
@@ -570,24 +593,24 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             host,
             host_args,
         } => match (domain, host) {
-            (_, true) => run::reboot_host(&run::context(args, ts, sim, None)?, host_args, &out)?,
+            (_, true) => run::reboot_host(&run::context(args, ts, sim, None)?, host_args, out)?,
             (Some(domain), false) => guest::power(
                 ts,
                 domain,
                 crate::toolstack::Request::Reboot,
                 wait,
-                &out,
+                out,
                 args.quiet,
             )?,
             (None, false) => unreachable!("clap requires a domain without --host"),
         },
-        Verb::Drain { policy } => run::drain(&run::context(args, ts, sim, Some(policy))?, &out)?,
+        Verb::Drain { policy } => run::drain(&run::context(args, ts, sim, Some(policy))?, out)?,
         Verb::Patch { command, entry } => {
-            run::patch(&run::context(args, ts, sim, None)?, command, entry, &out)?
+            run::patch(&run::context(args, ts, sim, None)?, command, entry, out)?
         }
-        Verb::Resume => run::resume(&run::context(args, ts, sim, None)?, false, &out)?,
-        Verb::Rollback => run::resume(&run::context(args, ts, sim, None)?, true, &out)?,
-        Verb::Prune { keep } => run::prune(&run::context(args, ts, sim, None)?, *keep, &out)?,
+        Verb::Resume => run::resume(&run::context(args, ts, sim, None)?, false, out)?,
+        Verb::Rollback => run::resume(&run::context(args, ts, sim, None)?, true, out)?,
+        Verb::Prune { keep } => run::prune(&run::context(args, ts, sim, None)?, *keep, out)?,
         Verb::Status {
             wait,
             timeout,
@@ -596,7 +619,7 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             &run::context(args, ts, sim, None)?,
             *wait,
             (*timeout, *idle_grace),
-            &out,
+            out,
         )?,
         Verb::Run {
             policy,
@@ -609,9 +632,9 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
             // Refused before anything runs, not after the drain.
             crate::trust::check_command("patch command", patch_cmd)
                 .map_err(crate::sequencer::SeqError::from)?;
-            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), &out)?;
-            run::drain(&ctx, &out)?;
-            run::patch(&ctx, patch_cmd, boot_entry, &out)?;
+            plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), out)?;
+            run::drain(&ctx, out)?;
+            run::patch(&ctx, patch_cmd, boot_entry, out)?;
             if crate::interrupt::requested() {
                 // Patched, not rebooted: `reboot --host` or `rollback` next.
                 return Err(crate::sequencer::SeqError::Interrupted(
@@ -620,12 +643,12 @@ pub fn run(args: &Args, out: Box<dyn io::Write + Send>) -> Result<(), CliError> 
                 .into());
             }
             if !no_reboot {
-                run::reboot_host(&ctx, host_args, &out)?;
+                run::reboot_host(&ctx, host_args, out)?;
             }
         }
-        Verb::Destroy { domain, yes } => guest::destroy(ts, domain, *yes, &out)?,
-        Verb::Pause { domain } => guest::pause(ts, domain, true, &out)?,
-        Verb::Unpause { domain } => guest::pause(ts, domain, false, &out)?,
+        Verb::Destroy { domain, yes } => guest::destroy(ts, domain, *yes, out)?,
+        Verb::Pause { domain } => guest::pause(ts, domain, true, out)?,
+        Verb::Unpause { domain } => guest::pause(ts, domain, false, out)?,
     }
     out.flush()?;
     Ok(())

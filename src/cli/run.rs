@@ -20,6 +20,8 @@ pub struct Context<'a> {
     pub args: &'a Args,
     boot: Box<dyn BootLoader + 'a>,
     pub facts: Box<dyn HostFacts + 'a>,
+    /// The simulated host, when it is one: it reboots itself.
+    sim: Option<&'a crate::sim::Sim>,
     /// What the run verbs show on a terminal as they go.
     steps: Steps,
 }
@@ -46,6 +48,7 @@ pub fn context<'a>(
         args,
         boot,
         facts,
+        sim,
         steps: Steps::new(args.json || args.quiet),
     })
 }
@@ -192,15 +195,44 @@ pub fn patch(ctx: &Context<'_>, command: &str, entry: &str, out: &Output) -> Res
 pub fn reboot_host(ctx: &Context<'_>, a: &HostRebootArgs, out: &Output) -> Result<(), CliError> {
     let s = sequencer(ctx);
     s.refuse_reboot_now()?;
+    let expect = a.expect_version.as_deref();
+    let sim = match (ctx.sim, &a.reboot_command) {
+        (Some(_), Some(_)) => return Err(CliError::SimRebootCommand),
+        (Some(sim), None) => sim,
+        (None, command) => {
+            if out.json {
+                out.event("rebooting", &serde_json::json!({}))?;
+            } else {
+                out.line("rebooting the host; xenmaint-resume.service brings the guests back")?;
+            }
+            out.flush()?;
+            let command = command.as_deref().unwrap_or(DEFAULT_REBOOT);
+            return Ok(s.reboot(command, expect)?);
+        }
+    };
+    let mut booted = None;
+    s.reboot_with(expect, || {
+        booted = Some(super::simulated::reboot(ctx.args, sim)?);
+        Ok(())
+    })?;
+    let (entry, log) = booted.expect("set by the reboot");
     if out.json {
-        out.event("rebooting", &serde_json::json!({}))?;
+        out.event(
+            "rebooted",
+            &serde_json::json!({"entry": entry, "resume_log": log}),
+        )?;
     } else {
-        out.line("rebooting the host; xenmaint-resume.service brings the guests back")?;
+        out.line(&format!(
+            "simulated host rebooted into {}; its resume runs as its unit would (log: {})",
+            entry.as_deref().unwrap_or("no boot entry"),
+            log.display()
+        ))?;
     }
-    out.flush()?;
-    s.reboot(&a.reboot_command, a.expect_version.as_deref())?;
     Ok(())
 }
+
+/// What reboots a real host unless --reboot-command says otherwise.
+const DEFAULT_REBOOT: &str = "systemctl reboot";
 
 pub fn resume(ctx: &Context<'_>, rollback: bool, out: &Output) -> Result<(), CliError> {
     let s = sequencer(ctx);

@@ -57,6 +57,15 @@ impl Sequencer<'_> {
 
     /// Records what should boot, then reboots the host with `command`.
     pub fn reboot(&self, command: &str, expect_release: Option<&str>) -> Result<()> {
+        self.reboot_with(expect_release, || run_command("reboot command", command))
+    }
+
+    /// `reboot`, the host restarted by `restart` (a simulated host's own).
+    pub fn reboot_with(
+        &self,
+        expect_release: Option<&str>,
+        restart: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
         let lock = self.lock("reboot")?;
         // Under the lock, right before the reboot's record: the last look.
         let (run, state) = self.drained_run("reboot", "drained (and patched)")?;
@@ -77,7 +86,7 @@ impl Sequencer<'_> {
         )?;
         drop(lock);
         nix::unistd::sync();
-        run_command("reboot command", command)
+        restart()
     }
 
     /// The current run, for a step that needs it drained (or patched) and

@@ -6,14 +6,21 @@
 //! physinfo, the domains with their devices and configs (the same shape
 //! `xenmaint info --json` prints), and faults to inject.
 
+mod boot;
+mod store;
+
 use std::collections::{HashMap, HashSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+pub use boot::SimBoot;
+use store::Store;
+pub use store::STATE_FILE;
+
 use serde::{Deserialize, Serialize};
 
-use crate::boot::{BootEntry, MemoryBoot};
+use crate::boot::{BootEntry, MemoryBootState};
 use crate::domain::{
     Disk, DomId, DomainDetail, DomainInfo, DomainRef, DomainState, DomainType, HypervisorVersion,
     PhysInfo, ShutdownReason, Uuid,
@@ -69,9 +76,16 @@ pub struct SimHost {
     pub domains: std::collections::VecDeque<SimDomain>,
     #[serde(default)]
     pub faults: Vec<Fault>,
-    /// The simulated boot loader's entries; the first is the default.
-    #[serde(default = "default_boot_entries")]
-    pub boot_entries: Vec<BootEntry>,
+    /// The simulated boot loader: its entries (the first is the default
+    /// unless `saved_entry` says otherwise) and the build each boots.
+    #[serde(default = "default_boot")]
+    pub boot: MemoryBootState,
+    /// The hypervisor builds the host can boot (by their build-id in
+    /// `boot.build_ids`), beside the one running: a reboot into an entry
+    /// runs its build; an entry whose build is not here boots the one that
+    /// ran before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<HypervisorVersion>,
     /// Rebuilt by `Sim::new`, kept by every change `Sim` makes.
     #[serde(skip)]
     index: SimIndex,
@@ -79,8 +93,8 @@ pub struct SimHost {
     saves: SaveLog,
     /// The last domid handed out: like Xen, the sim does not hand a domid
     /// out again soon after its domain went (a guest that reboots itself
-    /// comes back under a new one).
-    #[serde(skip)]
+    /// comes back under a new one). Kept in a persistent host's state.
+    #[serde(default, skip_serializing_if = "is_zero")]
     last_domid: DomId,
 }
 
@@ -161,10 +175,14 @@ impl SimHost {
     }
 }
 
+fn is_zero(n: &DomId) -> bool {
+    *n == 0
+}
+
 /// A Debian Xen host's entries: the package's hypervisor, and the patched
 /// one a run boots once.
-fn default_boot_entries() -> Vec<BootEntry> {
-    vec![
+fn default_boot() -> MemoryBootState {
+    let entries = vec![
         BootEntry {
             id: "xen".into(),
             title: "Debian GNU/Linux, with Xen hypervisor".into(),
@@ -175,7 +193,11 @@ fn default_boot_entries() -> Vec<BootEntry> {
             title: "Debian GNU/Linux, with Xen 4.17.7".into(),
             hypervisor: Some("/boot/xen-4.17.7-amd64.gz".into()),
         },
-    ]
+    ];
+    MemoryBootState {
+        entries,
+        ..MemoryBootState::default()
+    }
 }
 
 /// Why a simulated host could not be loaded.
@@ -206,27 +228,92 @@ pub struct Sim {
     /// Read-write: the calls that only look (most of them) do not wait for
     /// each other, as a drain's lanes look up their guests at once.
     host: RwLock<SimHost>,
+    /// Where the host lives between commands, if it outlives this one.
+    store: Option<Store>,
+}
+
+/// The host for one change: on a persistent host, under its lock, read
+/// fresh before and written after (when changed).
+struct HostGuard<'a> {
+    host: RwLockWriteGuard<'a, SimHost>,
+    store: Option<&'a Store>,
+    dirty: bool,
+    // Dropped last: the lock outlives the write.
+    _held: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+impl std::ops::Deref for HostGuard<'_> {
+    type Target = SimHost;
+    fn deref(&self) -> &SimHost {
+        &self.host
+    }
+}
+
+impl std::ops::DerefMut for HostGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SimHost {
+        self.dirty = true;
+        &mut self.host
+    }
+}
+
+impl Drop for HostGuard<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(store)) = (self.dirty, self.store) {
+            store.write(&self.host);
+        }
+    }
+}
+
+fn read_description(path: &Path) -> std::result::Result<SimHost, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| SimError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Sim {
+    /// A host that lives for this process only, as `path` describes it.
     pub fn load(path: &Path) -> std::result::Result<Sim, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let host: SimHost = serde_json::from_str(&text).map_err(|source| SimError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        Sim::new(host).map_err(|reason| SimError::Invalid {
+        Sim::new(read_description(path)?).map_err(|reason| SimError::Invalid {
             path: path.to_owned(),
             reason,
         })
     }
 
+    /// The host `description` describes, as the commands before this one
+    /// left it in `state_dir` (see `store`); every change this process makes
+    /// is written there.
+    pub fn open(description: &Path, state_dir: &Path) -> std::result::Result<Sim, SimError> {
+        let store = Store::new(state_dir);
+        let (host, path) = match store.load()? {
+            Some(host) => (host, state_dir.join(STATE_FILE)),
+            None => (read_description(description)?, description.to_owned()),
+        };
+        let mut sim = Sim::new(host).map_err(|reason| SimError::Invalid { path, reason })?;
+        sim.store = Some(store);
+        Ok(sim)
+    }
+
+    /// Why the persistent host's state could not be read or written, if it
+    /// could not: the command that changed it must not end as if it worked.
+    pub fn broken(&self) -> Option<String> {
+        self.store.as_ref().and_then(Store::broken)
+    }
+
     /// Checks the description as a real host would be: one dom0, unique
     /// domids, names and UUIDs.
-    pub fn new(mut host: SimHost) -> std::result::Result<Sim, String> {
+    pub fn new(host: SimHost) -> std::result::Result<Sim, String> {
+        Ok(Sim {
+            host: RwLock::new(Sim::checked(host)?),
+            store: None,
+        })
+    }
+
+    fn checked(mut host: SimHost) -> std::result::Result<SimHost, String> {
         host.domains
             .make_contiguous()
             .sort_by_key(|d| d.detail.info.domid);
@@ -250,10 +337,10 @@ impl Sim {
             }
         }
         host.reindex();
-        host.last_domid = host.domains.back().map_or(0, |d| d.detail.info.domid);
-        Ok(Sim {
-            host: RwLock::new(host),
-        })
+        let last = host.domains.back().map_or(0, |d| d.detail.info.domid);
+        host.last_domid = host.last_domid.max(last);
+        host.settle_boot();
+        Ok(host)
     }
 
     /// Each guest suspended by a save, in order, with how many live saves
@@ -272,18 +359,6 @@ impl Sim {
         self.lock().faults.clear();
     }
 
-    /// A boot loader holding this host's entries, the first one the default.
-    pub fn boot_loader(&self) -> MemoryBoot {
-        let boot = MemoryBoot::default();
-        let entries = self.read().boot_entries.clone();
-        {
-            let mut s = boot.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.saved_entry = entries.first().map(|e| e.id.clone());
-            s.entries = entries;
-        }
-        boot
-    }
-
     /// The simulated host's facts: its guests answer probes at their
     /// configured and published addresses while they run; nothing of this
     /// machine's network is looked at or probed. Image space is this
@@ -299,12 +374,46 @@ impl Sim {
 
     // A panic elsewhere cannot leave SimHost half-updated in a way that
     // matters to a simulation; keep going.
-    fn lock(&self) -> RwLockWriteGuard<'_, SimHost> {
+    fn write_guard(&self) -> RwLockWriteGuard<'_, SimHost> {
         self.host.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock(&self) -> HostGuard<'_> {
+        let held = self.store.as_ref().and_then(Store::hold);
+        let mut host = self.write_guard();
+        if let Some(store) = self.store.as_ref().filter(|s| s.changed()) {
+            Sim::refresh(store, &mut host);
+        }
+        HostGuard {
+            host,
+            store: self.store.as_ref(),
+            dirty: false,
+            _held: held,
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, SimHost> {
+        if let Some(store) = self.store.as_ref().filter(|s| s.changed()) {
+            Sim::refresh(store, &mut self.write_guard());
+        }
         self.host.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the host as another command left it; this process's own save
+    /// log stays.
+    fn refresh(store: &Store, host: &mut SimHost) {
+        let fresh = store
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.map(Sim::checked).transpose());
+        match fresh {
+            Ok(Some(mut fresh)) => {
+                fresh.saves = std::mem::take(&mut host.saves);
+                *host = fresh;
+            }
+            Ok(None) => {}
+            Err(e) => store.fail(e),
+        }
     }
 
     /// Fails if a fault is injected for this call, then runs `f` on the host.
@@ -330,7 +439,11 @@ impl Sim {
     }
 
     /// The fault injected for this call, if any; a counted one is used up.
+    /// Every call comes here first: a host whose state is lost fails it.
     fn injected(&self, call: Call, domid: Option<DomId>) -> Result<()> {
+        if let Some(why) = self.broken() {
+            return Err(ToolstackError::SimState(why));
+        }
         if self.read().faults.is_empty() {
             return Ok(());
         }
@@ -812,7 +925,8 @@ mod tests {
             },
             domains,
             faults: vec![],
-            boot_entries: default_boot_entries(),
+            boot: default_boot(),
+            builds: vec![],
             index: SimIndex::default(),
             saves: SaveLog::default(),
             last_domid: 0,
