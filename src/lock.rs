@@ -31,6 +31,18 @@ pub struct HostLock {
     path: PathBuf,
 }
 
+/// A lock file, made if missing (0600, no symlink followed), kept as it is.
+pub fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 impl HostLock {
     /// Takes the lock without waiting; `what` describes this run to others.
     pub fn acquire(path: &Path, what: &str) -> Result<HostLock, LockError> {
@@ -38,15 +50,7 @@ impl HostLock {
             path: path.to_owned(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io)?;
+        let file = open(path).map_err(io)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((mut file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {

@@ -8,8 +8,8 @@
 //! now lives in the state folder (`host.json`), and removing that folder
 //! starts the host again from its description.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -106,15 +106,7 @@ impl Store {
         let held = crate::durable::private_dir(&self.dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&self.lock)
-                    .map_err(|e| format!("{}: {e}", self.lock.display()))
+                crate::lock::open(&self.lock).map_err(|e| format!("{}: {e}", self.lock.display()))
             })
             .and_then(|f| {
                 Flock::lock(f, FlockArg::LockExclusive)
