@@ -25,6 +25,7 @@ pub mod interrupt;
 pub mod journal;
 pub mod libxl;
 pub mod lock;
+pub mod notice;
 pub mod plan;
 pub mod sequencer;
 pub mod sim;

@@ -58,6 +58,7 @@ pub enum Call {
     Shutdown,
     Reboot,
     CoreDump,
+    Notice,
 }
 
 /// What a guest is asked to do by `request`.
@@ -160,6 +161,13 @@ pub trait Toolstack: Sync {
     /// boot only: after a restore libxl has made them again, empty, and the
     /// guest answers all the same). None when it cannot be told here.
     fn pv_connected(&self, domid: DomId) -> Result<Option<bool>>;
+
+    /// Writes `text` as the guest's maintenance notice, in its own xenstore
+    /// area (`notice::GUEST_KEY`): the guest may read it, not write it.
+    fn set_notice(&self, domid: DomId, text: &str) -> Result<()>;
+
+    /// The guest's maintenance notice, if one was written.
+    fn notice(&self, domid: DomId) -> Result<Option<String>>;
 
     /// Suspends the domain and writes its libxl stream into `out` (the xl
     /// header is the caller's). On success the domain is left suspended, not

@@ -122,3 +122,85 @@ fn a_reboot_command_is_refused_on_a_simulated_host_before_anything_changes() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out[0]["state"]["phase"], "finished");
 }
+
+/// Each guest's notice, by name, from the simulated host's state.
+fn notices(dir: &Path) -> Vec<(String, Option<Value>)> {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host.xenmaint/host.json")).unwrap())
+            .unwrap();
+    state["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["domid"] != 0)
+        .map(|d| {
+            let n = d["notice"]
+                .as_str()
+                .map(|t| serde_json::from_str(t).unwrap());
+            (d["name"].as_str().unwrap().to_owned(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn notify_tells_every_guest_then_cancel_withdraws_it() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let window = [
+        "notify",
+        "--not-before",
+        "2026-12-24T06:00:00Z",
+        "--not-after",
+        "+9999h",
+        "--description",
+        "XSA-999",
+    ];
+    let (code, out, err) = xenmaint(&h, &window);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|r| r["written"] == true), "{out:?}");
+    for (name, n) in notices(t.path()) {
+        let e = &n.unwrap_or_else(|| panic!("{name} not told"))[0];
+        assert_eq!(e["State"], "scheduled");
+        assert_eq!(e["NotBefore"], "2026-12-24T06:00:00Z");
+        assert!(e["Description"].as_str().unwrap().starts_with("XSA-999: "));
+    }
+    let (code, _, err) = xenmaint(&h, &["notify", "--cancel"]);
+    assert_eq!(code, 0, "{err}");
+    for (name, n) in notices(t.path()) {
+        assert_eq!(n.unwrap()[0]["State"], "canceled", "{name}");
+    }
+    // Nothing left to cancel.
+    let (code, _, _) = xenmaint(&h, &["notify", "--cancel"]);
+    assert_eq!(code, 0);
+    // A time that is none: a usage error, nothing written.
+    let (code, _, err) = xenmaint(
+        &h,
+        &["notify", "--not-before", "soon", "--not-after", "+1h"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("\"soon\" is not a time"), "{err}");
+}
+
+#[test]
+fn a_guest_that_cannot_be_told_fails_notify_and_the_others_are_told() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("host.json");
+    let mut h = serde_json::to_value(common::example_host(t.path())).unwrap();
+    h["faults"] = serde_json::json!([{"call": "notice", "domid": 2, "message": "xenstore quota"}]);
+    std::fs::write(&path, h.to_string()).unwrap();
+    let (code, out, err) = xenmaint(
+        &path,
+        &["notify", "--not-before", "+1h", "--not-after", "+2h"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1 guest(s)"), "{err}");
+    let written: Vec<_> = out
+        .iter()
+        .map(|r| (r["domid"].clone(), r["written"].clone()))
+        .collect();
+    assert_eq!(written.len(), 3);
+    for (domid, ok) in written {
+        assert_eq!(ok, domid != 2, "domain {domid}");
+    }
+}

@@ -157,7 +157,7 @@ fn generate(include_paths: &[PathBuf]) -> String {
                 .join("wrapper.h")
                 .to_string_lossy(),
         )
-        .allowlist_function("libxl_.*|xtl_.*|vsnprintf|xs_(open|close|directory|read)")
+        .allowlist_function("libxl_.*|xtl_.*|vsnprintf|xs_(open|close|directory|read|write)")
         .allowlist_type("libxl_.*|xentoollog_.*|xs_transaction_t")
         .allowlist_var("LIBXL_.*|ERROR_.*|XTL_.*|XBT_NULL|XS_OPEN_READONLY")
         // C library types the libxl headers pull in and xenmaint never looks inside: their

@@ -3,6 +3,7 @@
 
 mod guest;
 mod inventory;
+mod notify;
 mod output;
 mod plan;
 mod run;
@@ -125,6 +126,25 @@ pub enum Verb {
     /// What a maintenance run would do, changing nothing: per guest its action
     /// and order, image space and time needed, and what blocks the run.
     Plan {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Tell every guest of the coming maintenance, in its own xenstore area
+    /// (`xenmaint/scheduled-events`, an EC2-style scheduled event the guest
+    /// can read); a run then marks it active and completed as it goes.
+    Notify {
+        /// When the window opens: RFC 3339 (2026-12-24T06:00:00Z) or +DURATION from now (+2h).
+        #[arg(long, value_name = "TIME", required_unless_present = "cancel")]
+        not_before: Option<String>,
+        /// When it closes (as --not-before).
+        #[arg(long, value_name = "TIME", required_unless_present = "cancel")]
+        not_after: Option<String>,
+        /// What the guests' owners read.
+        #[arg(long, value_name = "TEXT", default_value = "host maintenance")]
+        description: String,
+        /// Withdraw the scheduled maintenance: each guest's event is canceled.
+        #[arg(long, conflicts_with_all = ["not_before", "not_after"])]
+        cancel: bool,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -353,6 +373,10 @@ pub enum CliError {
     #[error(transparent)]
     Sim(#[from] SimError),
     #[error(transparent)]
+    Notice(#[from] crate::notice::NoticeError),
+    #[error("the notice could not be written to {0} guest(s) (see above)")]
+    NoticeUnwritten(usize),
+    #[error(transparent)]
     Op(#[from] OpError),
     #[error("refusing to destroy {0} without --yes when not asked on a terminal")]
     NotConfirmed(String),
@@ -398,6 +422,10 @@ impl CliError {
             CliError::Config(crate::config::ConfigError::Untrusted(_))
             | CliError::Run(crate::sequencer::SeqError::Untrusted(_)) => return exit::UNTRUSTED,
             CliError::Sim(_) | CliError::Config(_) => return exit::BAD_INPUT,
+            CliError::Notice(crate::notice::NoticeError::BadTime(_))
+            | CliError::Notice(crate::notice::NoticeError::EmptyWindow { .. }) => {
+                return exit::USAGE
+            }
             CliError::PlanBlocked(_) | CliError::Run(crate::sequencer::SeqError::PlanBlocked) => {
                 return exit::PLAN_BLOCKED
             }
@@ -419,6 +447,8 @@ impl CliError {
                 return exit::NO_SUCH_DOMAIN
             }
             CliError::Op(_)
+            | CliError::Notice(_)
+            | CliError::NoticeUnwritten(_)
             | CliError::NotConfirmed(_)
             | CliError::Output(_)
             | CliError::RunTrouble { .. }
@@ -538,6 +568,22 @@ fn dispatch(
         Verb::Plan { policy } => {
             let ctx = run::context(args, ts, sim, Some(policy))?;
             plan::plan(ts, &ctx.policy, ctx.facts.as_ref(), out)?
+        }
+        Verb::Notify {
+            not_before,
+            not_after,
+            description,
+            cancel,
+            policy,
+        } => {
+            let ctx = run::context(args, ts, sim, Some(policy))?;
+            let window = match (not_before, not_after, cancel) {
+                (Some(from), Some(to), false) => {
+                    Some((description.as_str(), from.as_str(), to.as_str()))
+                }
+                _ => None,
+            };
+            notify::notify(&ctx, &args.state_dir(), window, out)?
         }
         Verb::Save {
             domain,

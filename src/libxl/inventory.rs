@@ -230,6 +230,25 @@ impl Toolstack for Libxl {
         Ok(crate::address::published(&attrs))
     }
 
+    fn set_notice(&self, domid: DomId, text: &str) -> Result<()> {
+        let failed = |detail: String| ToolstackError::Stream(format!("xenstore: {detail}"));
+        let xs = super::Xenstore::open_writable()
+            .ok_or_else(|| failed("cannot connect to xenstored".into()))?;
+        let path = format!("/local/domain/{domid}/{}", crate::notice::GUEST_KEY);
+        xs.write(&path, text)
+            .map_err(|e| failed(format!("writing {path}: {e}")))
+    }
+
+    fn notice(&self, domid: DomId) -> Result<Option<String>> {
+        let Some(xs) = super::Xenstore::open() else {
+            return Ok(None);
+        };
+        Ok(xs.read(&format!(
+            "/local/domain/{domid}/{}",
+            crate::notice::GUEST_KEY
+        )))
+    }
+
     fn pv_connected(&self, domid: DomId) -> Result<Option<bool>> {
         let Some(xs) = super::Xenstore::open() else {
             return Ok(None);

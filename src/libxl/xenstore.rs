@@ -1,11 +1,12 @@
-//! Read-only xenstore access for the few things libxl has no public call
-//! for: what a guest publishes about itself under its `attr/` keys.
+//! xenstore access for the few things libxl has no public call for: what a
+//! guest publishes about itself under its `attr/` keys, and the maintenance
+//! notice xenmaint writes into a guest's own area for it to read.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 
 use xenlight_sys as sys;
 
-/// A read-only connection to xenstored, closed on drop.
+/// A connection to xenstored, closed on drop.
 pub struct Xenstore {
     handle: *mut sys::xs_handle,
 }
@@ -20,6 +21,37 @@ impl Xenstore {
         // SAFETY: xs_open takes flags only; it returns NULL or a handle we own.
         let handle = unsafe { sys::xs_open(sys::XS_OPEN_READONLY.into()) };
         (!handle.is_null()).then_some(Xenstore { handle })
+    }
+
+    /// A connection that may write (dom0's toolstack may write anywhere).
+    pub fn open_writable() -> Option<Xenstore> {
+        // SAFETY: as in open, with no flags: a read-write connection.
+        let handle = unsafe { sys::xs_open(0) };
+        (!handle.is_null()).then_some(Xenstore { handle })
+    }
+
+    /// Writes `value` at `path` (made, with its parents, if missing: a new
+    /// node takes its parent's permissions, so one under a guest's home is
+    /// readable by that guest and writable only by dom0).
+    pub fn write(&self, path: &str, value: &str) -> std::io::Result<()> {
+        let path = CString::new(path).map_err(std::io::Error::other)?;
+        let len = u32::try_from(value.len()).map_err(std::io::Error::other)?;
+        // SAFETY: handle is open; path is NUL-terminated; value is len
+        // readable bytes, copied by libxenstore before it returns.
+        let ok = unsafe {
+            sys::xs_write(
+                self.handle,
+                sys::XBT_NULL,
+                path.as_ptr(),
+                value.as_ptr() as *const c_void,
+                len,
+            )
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// The value at `path`, if it exists and is readable.

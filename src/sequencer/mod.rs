@@ -13,6 +13,7 @@
 mod accounting;
 mod drain;
 mod lanes;
+mod notices;
 mod prune;
 mod reboot;
 mod record;
@@ -253,6 +254,7 @@ impl Sequencer<'_> {
         describe(&mut at, &rec);
         self.crash_point(run, &at)?;
         let (boundary, kind) = (rec.phase_boundary(), rec.kind());
+        let tell = notices::tell(&rec);
         {
             // One lock for both: the fold follows the journal's order.
             let mut journal = run.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -263,6 +265,9 @@ impl Sequencer<'_> {
                 Some(s) => s.apply(rec),
                 // The first record's plan moves into the state, uncopied.
                 None => *state = RunState::replay_owned(vec![rec]),
+            }
+            if let (Some(tell), Some(s)) = (tell, state.as_ref()) {
+                self.tell(run, s, tell);
             }
         }
         at.replace_range(.."before".len(), "after");

@@ -61,6 +61,9 @@ pub struct SimDomain {
     /// answers a suspend request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_suspend: bool,
+    /// The maintenance notice in its xenstore area (gone with the domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// The JSON description of a simulated host.
@@ -554,6 +557,7 @@ impl Sim {
             xl_daemon: false,
             published: Vec::new(),
             no_suspend: false,
+            notice: None,
         })
     }
 }
@@ -662,6 +666,19 @@ impl Toolstack for Sim {
     fn pv_connected(&self, domid: DomId) -> Result<Option<bool>> {
         self.looking(Call::PvConnected, Some(domid), |h| {
             Ok(Some(!get(h, domid)?.no_suspend))
+        })
+    }
+
+    fn set_notice(&self, domid: DomId, text: &str) -> Result<()> {
+        self.with(Call::Notice, Some(domid), |h| {
+            find(h, domid)?.notice = Some(text.to_owned());
+            Ok(())
+        })
+    }
+
+    fn notice(&self, domid: DomId) -> Result<Option<String>> {
+        self.looking(Call::Notice, Some(domid), |h| {
+            Ok(get(h, domid)?.notice.clone())
         })
     }
 
@@ -903,6 +920,7 @@ mod tests {
                 xl_daemon: false,
                 published: Vec::new(),
                 no_suspend: false,
+                notice: None,
             })
             .collect();
         SimHost {

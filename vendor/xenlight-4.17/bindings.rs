@@ -8701,6 +8701,15 @@ unsafe extern "C" {
         len: *mut ::std::os::raw::c_uint,
     ) -> *mut ::std::os::raw::c_void;
 }
+unsafe extern "C" {
+    pub fn xs_write(
+        h: *mut xs_handle,
+        t: xs_transaction_t,
+        path: *const ::std::os::raw::c_char,
+        data: *const ::std::os::raw::c_void,
+        len: ::std::os::raw::c_uint,
+    ) -> bool;
+}
 pub type __builtin_va_list = [__va_list_tag; 1usize];
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
