@@ -159,6 +159,10 @@ fn notify_tells_every_guest_then_cancel_withdraws_it() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.len(), 3);
     assert!(out.iter().all(|r| r["written"] == true), "{out:?}");
+    assert!(
+        out.iter().all(|r| r["notice"]["State"] == "scheduled"),
+        "{out:?}"
+    );
     for (name, n) in notices(t.path()) {
         let e = &n.unwrap_or_else(|| panic!("{name} not told"))[0];
         assert_eq!(e["State"], "scheduled");

@@ -52,7 +52,7 @@ pub fn notify(
                 "notified",
                 &serde_json::json!({
                     "guest": g.name, "uuid": g.uuid, "domid": g.domid,
-                    "event": event, "written": written.is_ok(),
+                    "notice": event, "written": written.is_ok(),
                 }),
             )?;
         }
