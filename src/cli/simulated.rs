@@ -20,10 +20,8 @@ const RESUME_LOG: &str = "resume.log";
 pub fn reboot(args: &Args, sim: &Sim) -> Result<(Option<String>, PathBuf), SeqError> {
     let entry = sim.restart();
     let log_path = args.state_dir().join(RESUME_LOG);
-    let mut resume = Command::new("xenmaint");
-    if let Ok(exe) = std::env::current_exe() {
-        resume = Command::new(exe);
-    }
+    // This very binary, as the unit would run the installed one.
+    let mut resume = Command::new(std::env::current_exe().unwrap_or_else(|_| "xenmaint".into()));
     if let Some(file) = &args.sim {
         resume.arg("--sim").arg(file);
     }
