@@ -39,9 +39,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DurableError + '_ {
 /// Creates `dir` (0700) if missing, else checks it is a real directory owned
 /// by us that nobody else can write or read.
 pub fn private_dir(dir: &Path) -> Result<(), DurableError> {
-    // Parents are ordinary system directories (e.g. /var/lib/xenmaint).
+    // Missing parents are made private too: the first of them is ours (the
+    // image folder's parent /var/lib/xenmaint is the state folder, which must
+    // be 0700). Parents that exist are left as they are.
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io(parent))?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {
@@ -257,11 +263,19 @@ mod tests {
     #[test]
     fn private_dir_is_created_0700_and_checked() {
         let t = tempfile::tempdir().unwrap();
-        let d = t.path().join("lib/xenmaint/images");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let system = t.path().join("lib");
+        std::fs::create_dir(&system).unwrap();
+        std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = system.join("xenmaint/images");
         private_dir(&d).unwrap();
-        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(mode(&d), 0o700);
         private_dir(&d).unwrap();
+        // The parent made on the way is private (the state folder, checked by
+        // a run after a single-guest save made it); the one there is untouched.
+        assert_eq!(mode(d.parent().unwrap()), 0o700);
+        private_dir(d.parent().unwrap()).unwrap();
+        assert_eq!(mode(&system), 0o755);
 
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = private_dir(&d).unwrap_err();

@@ -2,6 +2,7 @@
 //! (and, for the dom0 check, on this machine's real state).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -458,6 +459,31 @@ fn plan_with_errors_exits_7_and_bad_config_exits_5() {
     let r = sim(&["plan", "--config", cfg.to_str().unwrap()]);
     assert_eq!(r.code, 5);
     assert!(r.stderr.contains("xenmaint.toml"), "{}", r.stderr);
+}
+
+#[test]
+fn a_single_guest_save_leaves_the_state_folder_fit_for_a_run() {
+    // The default layout: images inside the state folder. A save that made
+    // both made the state folder 0755, and the next run refused it; seen on
+    // the nested Xen host (`xenmaint save g1`, then the fleet rollout's run).
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("xenmaint");
+    let images = state.join("images");
+    let ex = example();
+    let h = ex.to_str().unwrap();
+    let at = |verb: &[&str]| {
+        let mut a = vec!["--sim", h, "--state-dir", state.to_str().unwrap()];
+        a.extend_from_slice(verb);
+        a.extend_from_slice(&["--image-dir", images.to_str().unwrap()]);
+        run(&a)
+    };
+    let r = at(&["save", "web-1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state folder the save made");
+    let r = at(&["drain", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json_lines(&r.stdout)[0]["state"]["phase"], "drained");
 }
 
 #[test]
