@@ -15,6 +15,7 @@ pub mod buildid;
 pub mod cli;
 pub mod condition;
 pub mod config;
+pub mod devices;
 pub mod domain;
 pub mod durable;
 pub mod exit;

@@ -568,14 +568,10 @@ fn survey(
                 }
             }
         }
-        let has_pci = config
-            .and_then(|c| c["pcidevs"].as_array())
-            .is_some_and(|a| !a.is_empty());
-        if has_pci && action == Action::Save {
-            findings.push(finding(
-                Severity::Error,
-                "has PCI passthrough, which cannot be saved: give it action \"shutdown\"".into(),
-            ));
+        if let (Some(config), Action::Save) = (config, action) {
+            for (severity, what) in crate::devices::unsaveable(config) {
+                findings.push(finding(severity, what.into()));
+            }
         }
         if action == Action::Skip {
             findings.push(finding(
@@ -1152,6 +1148,54 @@ mod tests {
                 .any(|(g, m)| g == "db-1" && m.contains("libxl")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn settings_a_save_loses_are_found_per_guest_for_saved_guests_only() {
+        let mut host = example().snapshot();
+        host.domains[1].detail.config.as_mut().unwrap()["b_info"]["vnuma_nodes"] =
+            serde_json::json!([{"memkb": 131072}]);
+        host.domains[2].detail.config.as_mut().unwrap()["p9s"] =
+            serde_json::json!([{"tag": "share", "path": "/srv"}]);
+        let p = plan(
+            &Sim::new(host.clone()).unwrap(),
+            &Policy::default(),
+            &roomy(),
+        )
+        .unwrap();
+        let of = |p: &Plan, g: &str| -> Vec<(Severity, String)> {
+            p.findings
+                .iter()
+                .filter(|f| f.guest.as_deref() == Some(g))
+                .map(|f| (f.severity, f.message.clone()))
+                .collect()
+        };
+        let web = of(&p, "web-1");
+        assert!(
+            web.iter()
+                .any(|(s, m)| *s == Severity::Error && m.contains("vNUMA")),
+            "{web:?}"
+        );
+        let db = of(&p, "db-1");
+        assert!(
+            db.iter()
+                .any(|(s, m)| *s == Severity::Warning && m.contains("9pfs")),
+            "{db:?}"
+        );
+        assert!(p.blocked());
+
+        // Shut down rather than saved, the vNUMA guest blocks nothing.
+        let mut policy = Policy::default();
+        policy.guests.insert(
+            "web-1".into(),
+            GuestPolicy {
+                action: Some(Action::Shutdown),
+                priority: 0,
+            },
+        );
+        let p = plan(&Sim::new(host).unwrap(), &policy, &roomy()).unwrap();
+        assert_eq!(of(&p, "web-1"), []);
+        assert!(!p.blocked(), "{:?}", p.findings);
     }
 
     #[test]

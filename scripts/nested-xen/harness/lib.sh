@@ -315,3 +315,35 @@ same_uuids() {
     grep -qi "\"mac\": \"$mac\"" "/tmp/xl-l.$name" || { echo "$name: mac is not $mac"; return 1; }
   done 7< <(guests)
 }
+# device_findings: a guest whose config holds settings a save loses, vNUMA (which libxl
+# refuses to save) and nomigrate, created paused (it never runs); `xenmaint plan` must name
+# both for it, read from the config libxl keeps, as an error and a warning (and exit 7).
+# The guest is destroyed again.
+device_findings() {
+  local cfg=/root/gx.cfg out=$NESTED_RESULTS/plan-devices.json rc=0
+  cat > "$cfg" <<'CFG'
+name = "gx"
+type = "pv"
+kernel = "/var/lib/xen-guests/vmlinux"
+ramdisk = "/var/lib/xen-guests/initrd.gz"
+memory = 64
+maxmem = 64
+vcpus = 1
+nomigrate = 1
+vnuma = [ [ "pnode=0", "size=64", "vcpus=0", "vdistances=10" ] ]
+CFG
+  xl create -p "$cfg" > "$NESTED_RESULTS/xl-create-gx.log" 2>&1 || { cat "$NESTED_RESULTS/xl-create-gx.log"; return 1; }
+  xl list -l gx | grep -E '"vnuma_nodes"|"disable_migrate"'
+  xenmaint plan --json > "$out" 2> "$out.stderr" || rc=$?
+  xl destroy gx
+  echo "plan exit $rc"
+  [ "$rc" = 7 ] && python3 - "$out" <<'PY'
+import json, sys
+p = json.loads(open(sys.argv[1]).readline())
+f = [(x["severity"], x["message"]) for x in p["findings"] if x.get("guest") == "gx"]
+for s, m in f:
+    print(f"  gx {s}: {m}")
+sys.exit(0 if any(s == "error" and "vNUMA" in m for s, m in f)
+         and any(s == "warning" and "nomigrate" in m for s, m in f) else 1)
+PY
+}
