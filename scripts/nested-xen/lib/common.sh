@@ -52,6 +52,7 @@ DOM0_PKGS=(
   systemd-sysv udev dbus linux-image-amd64 initramfs-tools
   iproute2 bridge-utils iputils-ping kmod procps util-linux e2fsprogs
   grub-common python3 less
+  openssh-server   # the fleet rollout (scripts/ansible) reaches dom0 as root, by a run's key
 )
 
 # nx_apt SUITE: APT_RELEASE set to apt options for SUITE from this machine's own sources

@@ -14,6 +14,8 @@ import argparse, json, os, re, shlex, shutil, socket, subprocess, sys, tempfile,
 # user network; see the -netdev line).
 CTL_ADDR = "10.0.2.100"
 CTL_GUEST_PORT = 7777
+# dom0's address on its bridge (the driver waits for it).
+DOM0_ADDR = "10.0.2.15"
 
 MARK = re.compile(rb"@@NESTED-XEN@@ boot=(\d+) event=(\S+)(.*)")
 T0 = time.monotonic()
@@ -119,7 +121,8 @@ class Run:
             env = dict(os.environ, NESTED_BOOT=boot, NESTED_PHASE=phase, NESTED_OUT=self.out,
                        NESTED_OUTSIDE_STATE=os.path.join(self.out, "outside-state"),
                        NESTED_GUESTS=" ".join(g["name"] for g in self.guests if not g["extra"]),
-                       NESTED_GUESTS_ALL=" ".join(g["name"] for g in self.guests))
+                       NESTED_GUESTS_ALL=" ".join(g["name"] for g in self.guests),
+                       NESTED_SSH_PORT=str(self.ssh_port), NESTED_SSH_KEY=self.ssh_key)
             os.makedirs(env["NESTED_OUTSIDE_STATE"], exist_ok=True)
             for g in self.guests:
                 env[f"NESTED_PORT_{g['name']}"] = str(g["port"])
@@ -143,6 +146,19 @@ class Run:
                 f.write(f"@@rc={rc}\n".encode()); f.flush()
             except OSError:
                 pass
+
+    def stop_background(self):
+        """Outside scripts may leave a job running across calls (a rollout that outlives
+        the boot it began in): each records its process group in NESTED_OUTSIDE_STATE/
+        NAME.pgid. None outlives the host."""
+        state = os.path.join(self.out, "outside-state")
+        for n in os.listdir(state) if os.path.isdir(state) else []:
+            if n.endswith(".pgid"):
+                try:
+                    os.killpg(int(open(os.path.join(state, n)).read()), 15)
+                    say(f"stopped the outside job of {n}")
+                except (ValueError, OSError):
+                    pass
 
     def check_forwards(self):
         """Asks each guest's service for its STATUS through its forwarded port, as the
@@ -204,6 +220,19 @@ class Run:
             f.write(f"NESTED_CTL_ADDR={CTL_ADDR}\nNESTED_CTL_PORT={CTL_GUEST_PORT}\n")
             if a.make_warm:
                 f.write("NESTED_WARM_MAKE=1\n")
+        # dom0's sshd, for outside scripts that drive the host as an administrator's tools
+        # do (Ansible): a key made for this run, root's authorized key in dom0 (the driver
+        # installs it), and a forward of a free port to dom0's port 22.
+        self.ssh_key = os.path.join(self.out, "ssh", "id_ed25519")
+        os.makedirs(os.path.dirname(self.ssh_key), exist_ok=True)
+        for f in (self.ssh_key, self.ssh_key + ".pub"):
+            if os.path.exists(f):
+                os.remove(f)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nested-xen-run",
+                        "-f", self.ssh_key], check=True)
+        os.makedirs(os.path.join(io, "ssh"))
+        shutil.copy(self.ssh_key + ".pub", os.path.join(io, "ssh", "authorized_keys"))
+        self.ssh_port = free_port()
         io_img = os.path.join(work, "io.img")
         subprocess.run(["truncate", "-s", "1G", io_img], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "nested-io", "-d", io, io_img], check=True)
@@ -215,12 +244,13 @@ class Run:
         qmp_dir = tempfile.mkdtemp(prefix="nested-xen-qmp.")   # a socket path short enough
         self.qmp_path = os.path.join(qmp_dir, "qmp")
 
-        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests)
+        fwd = ",".join([f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests]
+                       + [f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-{DOM0_ADDR}:22"])
         cmd = qemu_cmd(a.mem, overlay, io_img, fwd, ctl_port, self.qmp_path)
         if a.warm:   # the snapshot's running host, memory and devices, goes on from there
             cmd += ["-incoming", f"exec:cat {shlex.quote(os.path.join(os.path.abspath(a.warm), 'ram.state'))}"]
         say("ports: " + " ".join(f"{g['name']}={g['ip']}:7000->127.0.0.1:{g['port']}" for g in self.guests)
-            + f" control=127.0.0.1:{ctl_port}")
+            + f" ssh=127.0.0.1:{self.ssh_port} control=127.0.0.1:{ctl_port}")
         say("qemu: " + " ".join(cmd))
         serial = open(os.path.join(self.out, "serial.log"), "wb")
         # The same lines prefixed with the run's clock: where the time goes, for any stretch.
@@ -325,6 +355,7 @@ class Run:
                 stuck.start()
         qemu.wait()
         killer.cancel()
+        self.stop_background()
         shutil.rmtree(os.path.dirname(self.qmp_path), ignore_errors=True)
         mark(f"qemu exited rc={qemu.returncode}")
         serial.close()
