@@ -10,11 +10,11 @@ use serde_json::Value;
 
 use crate::plan::Severity;
 
-/// One setting: where it is in the config (a JSON pointer; libxl leaves
-/// unset ones out), when it counts as set, and what a save does to it.
+/// One setting: where libxl keeps it in the config (JSON pointers, each with
+/// when it counts as set there; libxl leaves unset ones out, and keeps some
+/// in two places), and what a save does to it.
 struct Setting {
-    at: &'static str,
-    set: Set,
+    at: &'static [(&'static str, Set)],
     severity: Severity,
     what: &'static str,
 }
@@ -41,96 +41,67 @@ impl Set {
 
 const SETTINGS: &[Setting] = &[
     Setting {
-        at: "/pcidevs",
-        set: Set::NonEmpty,
+        at: &[("/pcidevs", Set::NonEmpty)],
         severity: Severity::Error,
         what: "has PCI passthrough, which cannot be saved: give it action \"shutdown\"",
     },
     Setting {
-        at: "/b_info/vnuma_nodes",
-        set: Set::NonEmpty,
+        at: &[("/b_info/vnuma_nodes", Set::NonEmpty)],
         severity: Severity::Error,
         what: "has virtual NUMA nodes, which libxl refuses to save (\"Cannot save a guest \
                with vNUMA configured\"): give it action \"shutdown\"",
     },
     Setting {
-        at: "/usbdevs",
-        set: Set::NonEmpty,
+        at: &[("/usbdevs", Set::NonEmpty)],
         severity: Severity::Warning,
         what: "has host USB devices passed through: their own state is not in the image, \
                and its drivers find them reset after the restore (action \"shutdown\" if \
                they cannot take that)",
     },
     Setting {
-        at: "/b_info/iomem",
-        set: Set::NonEmpty,
+        at: &[
+            ("/b_info/iomem", Set::NonEmpty),
+            ("/b_info/ioports", Set::NonEmpty),
+            ("/b_info/irqs", Set::NonEmpty),
+        ],
         severity: Severity::Warning,
-        what: "has host I/O memory passed through (iomem): the device's state is not in \
-               the image, and its driver finds it as the reboot left it (action \
+        what: "has host I/O memory, I/O ports or IRQs passed through: the device's state \
+               is not in the image, and its driver finds it as the reboot left it (action \
                \"shutdown\" if it cannot take that)",
     },
     Setting {
-        at: "/b_info/ioports",
-        set: Set::NonEmpty,
-        severity: Severity::Warning,
-        what: "has host I/O ports passed through (ioports): the device's state is not in \
-               the image, and its driver finds it as the reboot left it (action \
-               \"shutdown\" if it cannot take that)",
-    },
-    Setting {
-        at: "/b_info/irqs",
-        set: Set::NonEmpty,
-        severity: Severity::Warning,
-        what: "has host IRQs passed through (irqs): the device's state is not in the \
-               image, and its driver finds it as the reboot left it (action \"shutdown\" \
-               if it cannot take that)",
-    },
-    Setting {
-        at: "/p9s",
-        set: Set::NonEmpty,
+        at: &[("/p9s", Set::NonEmpty)],
         severity: Severity::Warning,
         what: "shares dom0 folders over 9pfs, whose Linux frontend does not support \
                suspend and resume: its 9p mounts may fail after the restore (action \
                \"shutdown\" brings it back with them)",
     },
     Setting {
-        at: "/vtpms",
-        set: Set::NonEmpty,
+        at: &[("/vtpms", Set::NonEmpty)],
         severity: Severity::Warning,
         what: "has a vTPM, whose state lives in the vTPM's own domain, not in this image: \
                that domain must be back first (give it a higher priority)",
     },
     Setting {
-        at: "/b_info/nested_hvm",
-        set: Set::True,
+        at: &[
+            ("/b_info/nested_hvm", Set::True),
+            ("/b_info/type.hvm/nested_hvm", Set::True),
+        ],
         severity: Severity::Warning,
         what: "runs nested HVM, whose state is not in the image: guests it runs itself \
                would not survive the restore",
     },
     Setting {
-        at: "/b_info/type.hvm/nested_hvm",
-        set: Set::True,
-        severity: Severity::Warning,
-        what: "runs nested HVM, whose state is not in the image: guests it runs itself \
-               would not survive the restore",
-    },
-    Setting {
-        at: "/b_info/altp2m",
-        set: Set::NotDisabled,
+        at: &[
+            ("/b_info/altp2m", Set::NotDisabled),
+            ("/b_info/type.hvm/altp2m", Set::True),
+        ],
         severity: Severity::Warning,
         what: "uses alternate p2m views (altp2m), which are not in the image: the views \
                its tools made are gone after the restore",
     },
     Setting {
-        at: "/b_info/type.hvm/altp2m",
-        set: Set::True,
-        severity: Severity::Warning,
-        what: "uses alternate p2m views (altp2m), which are not in the image: the views \
-               its tools made are gone after the restore",
-    },
-    Setting {
-        at: "/b_info/disable_migrate",
-        set: Set::True,
+        at: &[("/b_info/disable_migrate", Set::True)],
         severity: Severity::Warning,
         what: "is marked nomigrate in its config: libxl saves it anyway, and so does \
                xenmaint (action \"shutdown\" to honour it)",
@@ -138,16 +109,16 @@ const SETTINGS: &[Setting] = &[
 ];
 
 /// What a save would do to this config's devices and settings, one message
-/// each (the same message once, where libxl has two places for a setting).
+/// per setting.
 pub fn unsaveable(config: &Value) -> Vec<(Severity, &'static str)> {
-    let mut out: Vec<(Severity, &'static str)> = Vec::new();
-    for s in SETTINGS {
-        let set = config.pointer(s.at).is_some_and(|v| s.set.holds(v));
-        if set && !out.iter().any(|(_, what)| *what == s.what) {
-            out.push((s.severity, s.what));
-        }
-    }
-    out
+    SETTINGS
+        .iter()
+        .filter(|s| {
+            s.at.iter()
+                .any(|(at, set)| config.pointer(at).is_some_and(|v| set.holds(v)))
+        })
+        .map(|s| (s.severity, s.what))
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,26 +144,22 @@ mod tests {
     }
 
     #[test]
-    fn each_setting_is_found_where_libxl_keeps_it() {
+    fn each_setting_is_found_at_each_place_libxl_keeps_it() {
         for s in SETTINGS {
-            // Build the config with the setting at its place.
-            let mut config = json!({});
-            let mut at = &mut config;
-            let parts: Vec<&str> = s.at.split('/').skip(1).collect();
-            for p in &parts[..parts.len() - 1] {
-                at = at
-                    .as_object_mut()
-                    .unwrap()
-                    .entry(p.to_string())
-                    .or_insert(json!({}));
+            for (at, set) in s.at {
+                let parts: Vec<&str> = at.split('/').skip(1).collect();
+                let mut config = json!({});
+                let mut here = &mut config;
+                for p in &parts {
+                    here = &mut here[*p];
+                }
+                *here = match set {
+                    Set::NonEmpty => json!([{"x": 1}]),
+                    Set::NotDisabled => json!("mixed"),
+                    Set::True => json!("True"),
+                };
+                assert_eq!(found(config), [(s.severity, s.what)], "{at}");
             }
-            let value = match s.set {
-                Set::NonEmpty => json!([{"x": 1}]),
-                Set::NotDisabled => json!("mixed"),
-                Set::True => json!("True"),
-            };
-            at[parts[parts.len() - 1]] = value;
-            assert_eq!(found(config), [(s.severity, s.what)], "{}", s.at);
         }
     }
 
