@@ -315,26 +315,27 @@ same_uuids() {
     grep -qi "\"mac\": \"$mac\"" "/tmp/xl-l.$name" || { echo "$name: mac is not $mac"; return 1; }
   done 7< <(guests)
 }
-# device_findings: a guest whose config holds settings a save loses, vNUMA (which libxl
-# refuses to save) and nomigrate, created paused (it never runs); `xenmaint plan` must name
-# both for it, read from the config libxl keeps, as an error and a warning (and exit 7).
-# The guest is destroyed again. PVH: libxl refuses vNUMA for a PV guest ("PV vNUMA is not
-# yet supported", seen with Xen 4.17).
+# device_findings: a guest whose config holds settings a save loses, I/O ports passed through
+# and nomigrate, created paused (it never runs); `xenmaint plan` must name both for it, read
+# from the config libxl keeps, as warnings (and exit 7: the guest is paused). The guest is
+# destroyed again. (Not vNUMA, the one setting libxl refuses to save: libxl refuses it for a
+# PV guest at creation, "PV vNUMA is not yet supported", and a PVH guest with it failed to
+# build on both hosts, Xen 4.17 and 4.20: xc_domain_getvnuma ENOBUFS in libxl's ACPI setup.)
 device_findings() {
   local cfg=/root/gx.cfg out=$NESTED_RESULTS/plan-devices.json rc=0
   cat > "$cfg" <<'CFG'
 name = "gx"
-type = "pvh"
+type = "pv"
 kernel = "/var/lib/xen-guests/vmlinux"
 ramdisk = "/var/lib/xen-guests/initrd.gz"
-memory = 64
-maxmem = 64
+memory = 128
+maxmem = 128
 vcpus = 1
 nomigrate = 1
-vnuma = [ [ "pnode=0", "size=64", "vcpus=0", "vdistances=10" ] ]
+ioports = [ "2f8-2ff" ]
 CFG
   xl create -p "$cfg" > "$NESTED_RESULTS/xl-create-gx.log" 2>&1 || { cat "$NESTED_RESULTS/xl-create-gx.log"; return 1; }
-  xl list -l gx | grep -E '"vnuma_nodes"|"disable_migrate"'
+  xl list -l gx | grep -E -A3 '"ioports"|"disable_migrate"'
   xenmaint plan --json > "$out" 2> "$out.stderr" || rc=$?
   xl destroy gx
   echo "plan exit $rc"
@@ -344,7 +345,7 @@ p = json.loads(open(sys.argv[1]).readline())
 f = [(x["severity"], x["message"]) for x in p["findings"] if x.get("guest") == "gx"]
 for s, m in f:
     print(f"  gx {s}: {m}")
-sys.exit(0 if any(s == "error" and "vNUMA" in m for s, m in f)
+sys.exit(0 if any(s == "warning" and "I/O ports" in m for s, m in f)
          and any(s == "warning" and "nomigrate" in m for s, m in f) else 1)
 PY
 }
