@@ -68,6 +68,10 @@ pub struct DiskIdentity {
     /// st_dev and st_ino of a file, st_rdev of a block device.
     pub dev: Option<u64>,
     pub ino: Option<u64>,
+    /// A device-mapper block device's UUID (LVM: "LVM-" and the VG's and LV's
+    /// UUIDs): what tells a logical volume from another made at the same path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +101,10 @@ impl DiskIdentity {
             }
             Some(Ok(_)) => (DiskKind::Other, None, None, None),
         };
+        let dm_uuid = match (kind, dev) {
+            (DiskKind::Block, Some(rdev)) => dm_uuid(Path::new("/sys/dev/block"), rdev),
+            _ => None,
+        };
         DiskIdentity {
             vdev: disk.vdev.clone(),
             path: disk.path.clone(),
@@ -104,6 +112,7 @@ impl DiskIdentity {
             size,
             dev,
             ino,
+            dm_uuid,
         }
     }
 
@@ -130,11 +139,27 @@ impl DiskIdentity {
                 "inode {:?} size {:?} -> inode {:?} size {:?}",
                 self.ino, self.size, now.ino, now.size
             )
+        } else if self.dm_uuid.is_some() && self.dm_uuid != now.dm_uuid {
+            format!("device-mapper UUID {:?} -> {:?}", self.dm_uuid, now.dm_uuid)
         } else {
             return None;
         };
         Some(format!("{}: {what}", self.vdev))
     }
+}
+
+/// The device-mapper UUID of block device `rdev` as the kernel shows it under
+/// `sys_dev_block` (`/sys/dev/block/MAJOR:MINOR/dm/uuid`); None for a device
+/// that is not device-mapper's or has no UUID.
+fn dm_uuid(sys_dev_block: &Path, rdev: u64) -> Option<String> {
+    let node = format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let text = std::fs::read_to_string(sys_dev_block.join(node).join("dm/uuid")).ok()?;
+    let uuid = text.trim();
+    (!uuid.is_empty()).then(|| uuid.to_string())
 }
 
 /// Why a manifest cannot be used.
@@ -249,6 +274,53 @@ mod tests {
             DiskKind::Missing
         );
         assert_eq!(DiskIdentity::of(&disk(None)).kind, DiskKind::Other);
+    }
+
+    #[test]
+    fn a_logical_volume_is_known_by_its_device_mapper_uuid() {
+        let t = tempfile::tempdir().unwrap();
+        let lv = "LVM-Vq2cXWm8sQ4dG1kRzL0b3nYtP7hA9eJf5uKc6oDi8rSw1xE2yB4gH3jN0lM7pZ";
+        std::fs::create_dir_all(t.path().join("253:3/dm")).unwrap();
+        std::fs::write(t.path().join("253:3/dm/uuid"), format!("{lv}\n")).unwrap();
+        std::fs::create_dir_all(t.path().join("8:0")).unwrap();
+        let rdev = |maj, min| nix::sys::stat::makedev(maj, min);
+        assert_eq!(dm_uuid(t.path(), rdev(253, 3)).as_deref(), Some(lv));
+        assert_eq!(
+            dm_uuid(t.path(), rdev(8, 0)),
+            None,
+            "a disk, not device-mapper's"
+        );
+        assert_eq!(dm_uuid(t.path(), rdev(253, 9)), None, "no such device");
+
+        let block = |dm: Option<&str>| DiskIdentity {
+            vdev: "xvda".into(),
+            path: Some("/dev/vg0/web".into()),
+            kind: DiskKind::Block,
+            size: None,
+            dev: Some(rdev(253, 3)),
+            ino: None,
+            dm_uuid: dm.map(String::from),
+        };
+        let before = block(Some(lv));
+        // A reboot may renumber device-mapper's devices: the same LV is the same disk.
+        let renumbered = DiskIdentity {
+            dev: Some(rdev(253, 0)),
+            ..before.clone()
+        };
+        assert_eq!(before.differs_from(&renumbered), None);
+        // Another LV made at the same path is not.
+        let other = block(Some(
+            "LVM-Vq2cXWm8sQ4dG1kRzL0b3nYtP7hA9eJfAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ));
+        let why = before.differs_from(&other).unwrap();
+        assert!(why.starts_with("xvda: device-mapper UUID"), "{why}");
+        assert!(before.differs_from(&block(None)).is_some());
+        // A manifest from before the field knew no UUID: nothing to compare.
+        assert_eq!(block(None).differs_from(&before), None);
+        let json = serde_json::to_string(&block(None)).unwrap();
+        assert!(!json.contains("dm_uuid"), "{json}");
+        let back: DiskIdentity = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, block(None));
     }
 
     #[test]

@@ -636,6 +636,7 @@ mod tests {
                         size: None,
                         dev: Some(0xfd00),
                         ino: None,
+                        dm_uuid: Some("LVM-vgUUIDlvUUID".into()),
                     }],
                 },
             },
