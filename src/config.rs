@@ -13,7 +13,7 @@
 //! keep_images = true           # false: delete an image once its guest is back and checked
 //! probe_addresses = true       # ICMP-probe each guest's recorded IPs once it is back
 //! verify_s = 120.0             # how long a guest that is back has to answer
-//! bridge_wait_s = 60.0         # how long resume waits at boot for the guests' bridges
+//! device_wait_s = 60.0         # how long resume waits at boot for the guests' bridges and disks
 //! hooks = []                   # commands run at each phase, e.g. ["/usr/local/sbin/notify-owners"]
 //! hook_s = 60.0                # a hook running longer is killed (the run goes on)
 //! allow_image_programs = false # true: restore guests whose config names programs for dom0
@@ -137,6 +137,20 @@ mod tests {
                 0.0
             )
         );
+    }
+
+    #[test]
+    fn the_wait_for_devices_keeps_its_old_name_bridge_wait_s() {
+        let t = crate::trust::trusted_test_dir();
+        let p = t.path().join("x.toml");
+        for (text, want) in [
+            ("device_wait_s = 90.0\n", 90.0),
+            ("bridge_wait_s = 5.0\n", 5.0),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            assert_eq!(load_policy(Some(&p)).unwrap().device_wait_s, want, "{text}");
+        }
+        assert_eq!(Policy::default().device_wait_s, 60.0);
     }
 
     #[test]

@@ -174,8 +174,11 @@ pub struct Policy {
     /// Seconds a clean guest shutdown or boot is expected to take.
     pub shutdown_s: f64,
     pub on_failure: OnFailure,
-    /// Seconds `resume` waits at boot for the guests' bridges to appear.
-    pub bridge_wait_s: f64,
+    /// Seconds `resume` waits at boot for what the guests plug into to
+    /// appear: their bridges, and the disks (files, block devices such as
+    /// logical volumes) that were there when they were drained.
+    #[serde(alias = "bridge_wait_s")]
+    pub device_wait_s: f64,
     /// Probe a guest's recorded addresses once it is back (ICMP echo). Off
     /// for hosts whose guests drop ICMP.
     pub probe_addresses: bool,
@@ -220,7 +223,7 @@ impl Default for Policy {
             restore_mib_s: 100.0,
             shutdown_s: 30.0,
             on_failure: OnFailure::Rollback,
-            bridge_wait_s: 60.0,
+            device_wait_s: 60.0,
             probe_addresses: true,
             verify_s: 120.0,
             keep_images: true,
@@ -245,6 +248,13 @@ pub trait HostFacts: Sync {
     /// Whether the network bridge `name` exists (at boot, resume waits for
     /// the bridges its guests use). A host without bridges to check says yes.
     fn bridge_present(&self, _name: &str) -> bool {
+        true
+    }
+    /// Whether a guest's disk `path` (a file or a block device) exists (at
+    /// boot, resume waits for the ones its guests had: a volume group may
+    /// be activated after xenmaint starts). A host without paths to check
+    /// says yes.
+    fn disk_present(&self, _path: &Path) -> bool {
         true
     }
     /// dom0's neighbour table (complete entries).
@@ -294,6 +304,10 @@ impl HostFacts for RealHost {
                 .join(name)
                 .join("bridge")
                 .is_dir()
+    }
+
+    fn disk_present(&self, path: &Path) -> bool {
+        path.exists()
     }
 }
 

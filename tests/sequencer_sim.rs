@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use xenmaint::address::{Neighbour, Source};
 
@@ -212,6 +213,80 @@ fn a_disk_that_is_not_the_same_file_fails_the_checks() {
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].contains("inode"), "{changed:?}");
+}
+
+#[test]
+fn resume_waits_for_a_disk_that_appears_after_it_starts() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    // cache-1's disk is not there yet at boot (its volume group is being
+    // activated): it comes, the same file, while resume waits.
+    let disk = t.path().join("cache-1.img");
+    let away = t.path().join("cache-1.img.away");
+    std::fs::rename(&disk, &away).unwrap();
+    let comes = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::rename(away, disk).unwrap();
+    });
+    let after = rebooted(&h, &boot);
+    let facts = Probed {
+        real_disks: true,
+        ..Probed::default()
+    };
+    let mut s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
+    s2.facts = &facts;
+    let t0 = Instant::now();
+    let (_, done) = s2.resume().unwrap().unwrap();
+    comes.join().unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(done.verified.values().all(|v| v.ok()) && done.verified.len() == 3);
+    let checks = facts.disk_checks.lock().unwrap();
+    let of_cache = checks.iter().filter(|p| p.ends_with("cache-1.img")).count();
+    assert!(of_cache >= 2, "{checks:?}");
+}
+
+#[test]
+fn resume_goes_on_without_a_disk_that_never_appears_and_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let h = host(t.path());
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let p = Policy {
+        device_wait_s: 0.3,
+        ..policy(t.path(), 1)
+    };
+    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    std::fs::remove_file(t.path().join("cache-1.img")).unwrap();
+    let after = rebooted(&h, &boot);
+    let facts = Probed {
+        real_disks: true,
+        ..Probed::default()
+    };
+    let mut s2 = seq(&after, &boot, t.path(), p, &never);
+    s2.facts = &facts;
+    let t0 = Instant::now();
+    let e = s2.resume();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(matches!(e, Err(SeqError::ChecksFailed(1))), "{e:?}");
+    let (_, st) = s.state().unwrap().unwrap();
+    let changed: Vec<&String> = st
+        .verified
+        .values()
+        .flat_map(|v| &v.disks_changed)
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].contains("missing"), "{changed:?}");
 }
 
 #[test]

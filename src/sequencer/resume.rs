@@ -15,7 +15,7 @@ use crate::condition::Condition;
 use crate::domain::{DomId, DomainState, ShutdownReason, Uuid};
 use crate::durable::DurableError;
 use crate::guest::{self, OpError, RestoreOptions};
-use crate::image::{DiskIdentity, Manifest};
+use crate::image::{DiskIdentity, DiskKind, Manifest};
 use crate::plan::{Action, PlannedGuest};
 use crate::toolstack::ToolstackError;
 
@@ -24,6 +24,22 @@ const VERIFY_LANES: usize = 64;
 
 /// How long one probe of an address waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a guest plugs into, that resume waits for at boot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Device {
+    Bridge(String),
+    Disk(PathBuf),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Bridge(name) => write!(f, "bridge {name}"),
+            Device::Disk(path) => write!(f, "disk {}", path.display()),
+        }
+    }
+}
 
 impl Sequencer<'_> {
     /// After the reboot (or to finish a crashed run): checks which
@@ -90,7 +106,7 @@ impl Sequencer<'_> {
             )?;
         }
         let state = run.state()?;
-        self.wait_for_bridges(&state);
+        self.wait_for_devices(&state);
         let left = self.bring_back_all(&run, &state)?;
         if self.stop.load(Ordering::SeqCst) {
             // Not finished: the next resume brings back the rest.
@@ -121,32 +137,40 @@ impl Sequencer<'_> {
         Ok(Some((id, state)))
     }
 
-    /// At boot the network may still be coming up: give the bridges the
-    /// guests plug into a while to appear (a vif on a missing bridge fails
-    /// its restore), then go on regardless; a guest that then fails is
-    /// cold booted or reported like any other.
-    fn wait_for_bridges(&self, state: &RunState) {
-        let deadline =
-            std::time::Instant::now() + Duration::from_secs_f64(self.policy.bridge_wait_s);
-        let mut bridges: Vec<&str> = state
+    /// At boot the network may still be coming up, and volume groups being
+    /// activated: give the guests' bridges, and the disks they had when
+    /// they were drained, a while to appear (a vif on a missing bridge or a
+    /// missing disk fails its restore), then go on regardless; a guest that
+    /// then fails is cold booted or reported like any other.
+    fn wait_for_devices(&self, state: &RunState) {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.policy.device_wait_s);
+        let bridges = state
             .plan
             .guests
             .iter()
-            .flat_map(|g| g.nics.iter().filter_map(|n| n.bridge.as_deref()))
-            .collect();
-        bridges.sort_unstable();
-        bridges.dedup();
+            .flat_map(|g| g.nics.iter().filter_map(|n| n.bridge.clone()))
+            .map(Device::Bridge);
+        let disks = state
+            .observed
+            .values()
+            .flat_map(|o| &o.disks)
+            .filter(|d| matches!(d.kind, DiskKind::File | DiskKind::Block))
+            .filter_map(|d| d.path.clone())
+            .map(|p| Device::Disk(PathBuf::from(p)));
+        let mut needed: Vec<Device> = bridges.chain(disks).collect();
+        needed.sort();
+        needed.dedup();
         loop {
-            let missing: Vec<&str> = bridges
-                .iter()
-                .copied()
-                .filter(|b| !self.facts.bridge_present(b))
-                .collect();
-            if missing.is_empty() {
+            needed.retain(|d| match d {
+                Device::Bridge(name) => !self.facts.bridge_present(name),
+                Device::Disk(path) => !self.facts.disk_present(path),
+            });
+            if needed.is_empty() {
                 return;
             }
-            if std::time::Instant::now() >= deadline {
-                log::warn!("bridge(s) {} still missing: going on", missing.join(", "));
+            if Instant::now() >= deadline {
+                let names: Vec<String> = needed.iter().map(Device::to_string).collect();
+                log::warn!("still missing: {}: going on", names.join(", "));
                 return;
             }
             std::thread::sleep(Duration::from_millis(250));

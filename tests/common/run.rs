@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,18 +20,24 @@ use xenmaint::sim::{Sim, SimHost};
 use xenmaint::toolstack::Toolstack;
 
 /// A host with room for every image, a neighbour table, some addresses that
-/// never answer, and a record of every probe.
+/// never answer, and a record of every probe; its guests' disks are all
+/// there, or (`real_disks`) where this machine's file system has them, each
+/// check recorded.
 #[derive(Default)]
 pub struct Probed {
     pub neighbours: Vec<Neighbour>,
     pub silent: Vec<IpAddr>,
     pub probes: Mutex<Vec<IpAddr>>,
+    pub real_disks: bool,
+    pub disk_checks: Mutex<Vec<PathBuf>>,
 }
 /// The usual host: no neighbours to read, every address answers.
 pub static ROOMY: Probed = Probed {
     neighbours: Vec::new(),
     silent: Vec::new(),
     probes: Mutex::new(Vec::new()),
+    real_disks: false,
+    disk_checks: Mutex::new(Vec::new()),
 };
 
 impl HostFacts for Probed {
@@ -47,6 +53,10 @@ impl HostFacts for Probed {
     fn probe(&self, ip: IpAddr, _: Duration) -> bool {
         self.probes.lock().unwrap().push(ip);
         !self.silent.contains(&ip)
+    }
+    fn disk_present(&self, path: &Path) -> bool {
+        self.disk_checks.lock().unwrap().push(path.to_path_buf());
+        !self.real_disks || path.exists()
     }
 }
 
