@@ -189,28 +189,53 @@ fn a_guest_silent_at_its_address_fails_the_resume_and_keeps_its_image() {
     assert!(tries >= 2, "{tries}");
 }
 
+/// Drains the example host (its disks files in `dir`) and reboots it with
+/// no patch; `change` then acts on `dir` as the host comes back, and resume
+/// runs on a host whose disks are those files. Resume's result, the disk
+/// changes its checks recorded, the disk checks it made while it waited,
+/// and how long it took.
+fn resume_after(
+    dir: &Path,
+    p: Policy,
+    change: impl FnOnce(&Path),
+) -> (Result<(), SeqError>, Vec<String>, Vec<PathBuf>, Duration) {
+    let h = host(dir);
+    let ts = Sim::new(h.clone()).unwrap();
+    let boot = boot_loader();
+    let s = seq(&ts, &boot, dir, p.clone(), &never);
+    s.drain().unwrap();
+    s.reboot("true", None).unwrap();
+    change(dir);
+    let after = rebooted(&h, &boot);
+    let facts = Probed {
+        real_disks: true,
+        ..Probed::default()
+    };
+    let mut s2 = seq(&after, &boot, dir, p, &never);
+    s2.facts = &facts;
+    let t0 = Instant::now();
+    let r = s2.resume().map(|_| ());
+    let took = t0.elapsed();
+    let (_, st) = s.state().unwrap().unwrap();
+    let changed = st
+        .verified
+        .values()
+        .flat_map(|v| v.disks_changed.clone())
+        .collect();
+    let checks = facts.disk_checks.lock().unwrap().clone();
+    (r, changed, checks, took)
+}
+
 #[test]
 fn a_disk_that_is_not_the_same_file_fails_the_checks() {
     let t = tempfile::tempdir().unwrap();
-    let h = host(t.path());
-    let ts = Sim::new(h.clone()).unwrap();
-    let boot = boot_loader();
-    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
-    s.drain().unwrap();
-    s.reboot("true", None).unwrap();
-    // Someone replaced cache-1's disk by another file of the same name.
-    let disk = t.path().join("cache-1.img");
-    std::fs::remove_file(&disk).unwrap();
-    std::fs::write(&disk, b"another disk").unwrap();
-    let after = rebooted(&h, &boot);
-    let e = seq(&after, &boot, t.path(), policy(t.path(), 1), &never).resume();
-    assert!(matches!(e, Err(SeqError::ChecksFailed(1))), "{e:?}");
-    let (_, st) = s.state().unwrap().unwrap();
-    let changed: Vec<&String> = st
-        .verified
-        .values()
-        .flat_map(|v| &v.disks_changed)
-        .collect();
+    let (r, changed, _, _) = resume_after(t.path(), policy(t.path(), 1), |dir| {
+        // Someone replaced cache-1's disk by another file of the same name.
+        let disk = dir.join("cache-1.img");
+        std::fs::remove_file(&disk).unwrap();
+        std::fs::write(&disk, b"another disk").unwrap();
+    });
+    assert!(matches!(r, Err(SeqError::ChecksFailed(1))), "{r:?}");
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].contains("inode"), "{changed:?}");
 }
@@ -218,38 +243,19 @@ fn a_disk_that_is_not_the_same_file_fails_the_checks() {
 #[test]
 fn resume_waits_for_a_disk_that_appears_after_it_starts() {
     let t = tempfile::tempdir().unwrap();
-    let h = host(t.path());
-    let ts = Sim::new(h.clone()).unwrap();
-    let boot = boot_loader();
-    let s = seq(&ts, &boot, t.path(), policy(t.path(), 1), &never);
-    s.drain().unwrap();
-    s.reboot("true", None).unwrap();
-    // cache-1's disk is not there yet at boot (its volume group is being
-    // activated): it comes, the same file, while resume waits.
-    let disk = t.path().join("cache-1.img");
-    let away = t.path().join("cache-1.img.away");
-    std::fs::rename(&disk, &away).unwrap();
-    let comes = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(700));
-        std::fs::rename(away, disk).unwrap();
+    let (r, changed, checks, took) = resume_after(t.path(), policy(t.path(), 1), |dir| {
+        // cache-1's disk is not there yet at boot (its volume group is
+        // being activated): it comes, the same file, while resume waits.
+        let disk = dir.join("cache-1.img");
+        let away = dir.join("cache-1.img.away");
+        std::fs::rename(&disk, &away).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            std::fs::rename(away, disk).unwrap();
+        });
     });
-    let after = rebooted(&h, &boot);
-    let facts = Probed {
-        real_disks: true,
-        ..Probed::default()
-    };
-    let mut s2 = seq(&after, &boot, t.path(), policy(t.path(), 1), &never);
-    s2.facts = &facts;
-    let t0 = Instant::now();
-    let (_, done) = s2.resume().unwrap().unwrap();
-    comes.join().unwrap();
-    assert!(
-        t0.elapsed() >= Duration::from_millis(600),
-        "{:?}",
-        t0.elapsed()
-    );
-    assert!(done.verified.values().all(|v| v.ok()) && done.verified.len() == 3);
-    let checks = facts.disk_checks.lock().unwrap();
+    assert!(r.is_ok() && changed.is_empty(), "{r:?} {changed:?}");
+    assert!(took >= Duration::from_millis(600), "{took:?}");
     let of_cache = checks.iter().filter(|p| p.ends_with("cache-1.img")).count();
     assert!(of_cache >= 2, "{checks:?}");
 }
@@ -257,34 +263,15 @@ fn resume_waits_for_a_disk_that_appears_after_it_starts() {
 #[test]
 fn resume_goes_on_without_a_disk_that_never_appears_and_names_it() {
     let t = tempfile::tempdir().unwrap();
-    let h = host(t.path());
-    let ts = Sim::new(h.clone()).unwrap();
-    let boot = boot_loader();
     let p = Policy {
         device_wait_s: 0.3,
         ..policy(t.path(), 1)
     };
-    let s = seq(&ts, &boot, t.path(), p.clone(), &never);
-    s.drain().unwrap();
-    s.reboot("true", None).unwrap();
-    std::fs::remove_file(t.path().join("cache-1.img")).unwrap();
-    let after = rebooted(&h, &boot);
-    let facts = Probed {
-        real_disks: true,
-        ..Probed::default()
-    };
-    let mut s2 = seq(&after, &boot, t.path(), p, &never);
-    s2.facts = &facts;
-    let t0 = Instant::now();
-    let e = s2.resume();
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    assert!(matches!(e, Err(SeqError::ChecksFailed(1))), "{e:?}");
-    let (_, st) = s.state().unwrap().unwrap();
-    let changed: Vec<&String> = st
-        .verified
-        .values()
-        .flat_map(|v| &v.disks_changed)
-        .collect();
+    let (r, changed, _, took) = resume_after(t.path(), p, |dir| {
+        std::fs::remove_file(dir.join("cache-1.img")).unwrap();
+    });
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(matches!(r, Err(SeqError::ChecksFailed(1))), "{r:?}");
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert!(changed[0].contains("missing"), "{changed:?}");
 }
