@@ -98,13 +98,19 @@ guest_request() {
   local ip=$1 req=${2:-STATUS}
   timeout 10 bash -c 'exec 3<>"/dev/tcp/$0/7000" && printf "%s\n" "$1" >&3 && cat <&3' "$ip" "$req"
 }
-# Guest table from the image: name ip mac uuid mem type (pv or pvh). The "extra" guests (the
-# benchmark's fourth) only with NESTED_GUESTS_ALL=1.
+# Guest table from the image: name ip mac uuid mem type (pv, pvh or hvm). The "extra" guests
+# (the benchmark's fourth) only with NESTED_GUESTS_ALL=1, the "aside" ones (the guest-types
+# scenario's) only with NESTED_GUESTS_ASIDE=1.
 guests() {
-  grep -v '^#' /etc/xen/guests/guests.list | awk -v all="${NESTED_GUESTS_ALL:-0}" 'NF >= 5 {
-    extra = 0; type = "pv"
-    for (i = 6; i <= NF; i++) { if ($i == "extra") extra = 1; if ($i == "pvh") type = "pvh" }
-    if (all == 1 || !extra) print $1, $2, $3, $4, $5, type }'
+  grep -v '^#' /etc/xen/guests/guests.list \
+    | awk -v all="${NESTED_GUESTS_ALL:-0}" -v aside="${NESTED_GUESTS_ASIDE:-0}" 'NF >= 5 {
+    take = 1; type = "pv"
+    for (i = 6; i <= NF; i++) {
+      if ($i == "extra" && all != 1) take = 0
+      if ($i == "aside" && aside != 1) take = 0
+      if ($i == "pvh" || $i == "hvm") type = $i
+    }
+    if (take) print $1, $2, $3, $4, $5, type }'
 }
 
 # ---- the image's guests (shared by scenarios) ---------------------------------------------
@@ -190,13 +196,15 @@ for line in open(sys.argv[2]):
         continue
     if "extra" in f[5:] and os.environ.get("NESTED_GUESTS_ALL") != "1":
         continue
+    if "aside" in f[5:] and os.environ.get("NESTED_GUESTS_ASIDE") != "1":
+        continue
     name, ip, mac, uuid = f[:4]
     d = doms.get(name)
     if d is None:
         bad.append(f"{name}: missing"); continue
     if str(d.get("uuid", "")).lower() != uuid:
         bad.append(f"{name}: uuid {d.get('uuid')} != {uuid}")
-    want = "pvh" if "pvh" in f[5:] else "pv"
+    want = "pvh" if "pvh" in f[5:] else "hvm" if "hvm" in f[5:] else "pv"
     if d.get("type") != want:   # (libxl's domain info says hvm for a PVH guest)
         bad.append(f"{name}: type {d.get('type')} != {want}")
     nics = d.get("nics") or []
@@ -212,6 +220,14 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+# fail_every_test WHY: each test the scenario's "# nested-tests:" line names fails with WHY
+# (a scenario that cannot run at all, e.g. without xenmaint, still reports every test).
+fail_every_test() {
+  local t
+  for t in $(sed -n 's/^# nested-tests: *//p' /nested/scenario | head -n1); do
+    test_begin "$t"; fail "$t" "$1"; test_end "$t"
+  done
+}
 xm_check() {   # xm_check TEST DESC fn args...: a xenmaint check; skipped without the binary
   local t=$1 d=$2; shift 2
   if have_xenmaint; then check "$t" "$d" "$@"
@@ -257,8 +273,8 @@ warm_check() {
 expect_rc() { local want=$1 rc=0; shift; "$@" || rc=$?; [ "$rc" = "$want" ] || { echo "exit $rc, want $want: $*"; return 1; }; }
 grubenv_get() { grub-editenv /boot/grub/grubenv list | sed -n "s/^$1=//p"; }
 booted_entry() { sed -n 's/.*nested.grub_entry=\([^ ]*\).*/\1/p' /proc/cmdline; }
-# ip_of NAME: a guest's IP (the extra guests too).
-ip_of() { NESTED_GUESTS_ALL=1 guests | awk -v g="$1" '$1 == g {print $2}'; }
+# ip_of NAME: a guest's IP (the extra and aside guests too).
+ip_of() { NESTED_GUESTS_ALL=1 NESTED_GUESTS_ASIDE=1 guests | awk -v g="$1" '$1 == g {print $2}'; }
 # Guests on the host (dom0 aside), whatever their state.
 guest_count() { xl list | tail -n +2 | awk '$1 != "Domain-0"' | wc -l; }
 # ask NAME: the guest's answer in /tmp/answer.NAME (a file first: grep -q on a pipe could
@@ -289,6 +305,135 @@ resume_unit_enabled() {
 }
 # After a boot: wait for xenmaint-resume.service to finish the run, as a script would; its
 # status in results/boot-N-status.json, its journal in results/boot-N-resume-unit.txt.
+# guest_identity NAME: what makes the guest the same one, as libxl keeps it: its UUID, each
+# NIC's MAC, bridge and IP, each disk's backend and format, a logical volume by its path and
+# LV UUID, a file by its file system's UUID and inode (the same file, not a copy; not
+# st_dev: the root disk was sda in one boot and sdb in another).
+guest_identity() {
+  xl list -l "$1" | python3 -c '
+import json, os, subprocess, sys
+c = json.load(sys.stdin)[0]["config"]
+print("uuid", c["c_info"]["uuid"])
+for n in c.get("nics", []):
+    print("nic", n["mac"], n["bridge"], n.get("ip"))
+def out(*cmd):
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip() or "?"
+for d in c.get("disks", []):
+    p = d["pdev_path"]
+    if p.startswith("/dev/"):
+        what = ("lv", out("lvs", "--noheadings", "-o", "lv_uuid", p))
+    else:
+        what = ("file", out("findmnt", "-no", "UUID", "-T", p), os.stat(p).st_ino)
+    print("disk", d["vdev"], p, d.get("backend"), d.get("format"), *what)'
+}
+# ---- g5: a guest made by the scenarios that use it -------------------------------------
+# g5: a guest with two NICs on two bridges and two disks as hosts keep instance storage:
+# xvda a logical volume (a volume group on the host's spare disk), xvdb a qcow2 file served
+# by QEMU's qdisk backend. Its config is written here.
+G5_UUID=8a5c0b1e-6e3a-4c5e-9f21-00000000a025
+G5_IP=10.0.2.25 G5_IP2=10.0.3.25
+G5_LV=/dev/xenguests/g5 G5_QCOW=/var/lib/xen-guests/g5-b.qcow2
+SPARE=/dev/disk/by-id/ata-QEMU_HARDDISK_nested-spare
+make_g5() {
+  udevadm settle
+  [ -b "$SPARE" ] || { echo "no spare disk $SPARE"; return 1; }
+  pvcreate -q -y "$SPARE" && vgcreate -q xenguests "$SPARE" && lvcreate -q -y -L 16M -n g5 xenguests || return 1
+  qemu-img create -q -f qcow2 "$G5_QCOW" 16M || return 1
+  cat > /etc/xen/guests/g5.cfg <<CFG
+name = "g5"
+uuid = "$G5_UUID"
+type = "pv"
+kernel = "/var/lib/xen-guests/vmlinux"
+ramdisk = "/var/lib/xen-guests/initrd.gz"
+extra = "console=hvc0 clocksource=xen tsc=unstable guest_name=g5 guest_ip=$G5_IP guest_ip2=$G5_IP2 guest_gw=10.0.2.2"
+memory = 128
+maxmem = 128
+vcpus = 1
+vif = [ "mac=00:16:3e:58:4d:25,bridge=xenbr0,ip=$G5_IP", "mac=00:16:3e:58:4d:35,bridge=xenbr1,ip=$G5_IP2" ]
+disk = [ "format=raw,vdev=xvda,access=rw,backendtype=phy,target=$G5_LV",
+         "format=qcow2,vdev=xvdb,access=rw,backendtype=qdisk,target=$G5_QCOW" ]
+on_poweroff = "destroy"
+on_reboot = "restart"
+on_crash = "destroy"
+CFG
+  create_guest g5 || return 1
+  # Up once it answers through its second NIC.
+  nested_wait 120 "guest_request $G5_IP2 STATUS > /tmp/answer.g5 2>&1; grep -qx name=g5 /tmp/answer.g5"
+}
+# g5_answers [BOOT_ID]: g5 answers at each of its IPs with its name, both IPs, the token
+# /root/g5-token on both disks, and (given) that boot id; its answer in /tmp/answer.g5.
+g5_answers() {
+  local ip a
+  for ip in $G5_IP $G5_IP2; do
+    nested_wait 60 "guest_request $ip STATUS > /tmp/answer.g5 2>&1; grep -qx name=g5 /tmp/answer.g5" || { echo "g5: no answer at $ip"; return 1; }
+    a=$(tr '\n' ' ' < /tmp/answer.g5)
+    echo "g5 at $ip: $a"
+    [[ " $a " == *" ip=$G5_IP "* && " $a " == *" ip2=$G5_IP2 "* ]] || { echo "g5: not both IPs"; return 1; }
+    [[ " $a " == *" disk=$(cat /root/g5-token) "* && " $a " == *" disk2=$(cat /root/g5-token) "* ]] || { echo "g5: a disk lost its token"; return 1; }
+    [ -z "${1:-}" ] || [[ " $a " == *" boot_id=$1 "* ]] || { echo "g5: boot id is not $1"; return 1; }
+  done
+}
+# g5_identity: its UUID, MACs, bridges, IPs and disks (guest_identity: the LV by its UUID,
+# the qcow2 file by its inode).
+g5_identity() { guest_identity g5; }
+# g5_manifest_lv MANIFEST: xenmaint's manifest knows xvda by its device-mapper UUID, the
+# one LVM gives the volume ("LVM-", the VG's UUID and the LV's, without dashes).
+g5_manifest_lv() {
+  local vg lv
+  vg=$(vgs --noheadings -o vg_uuid xenguests | tr -d ' -') lv=$(lvs --noheadings -o lv_uuid "$G5_LV" | tr -d ' -')
+  python3 -c '
+import json, sys
+d = [x for x in json.load(open(sys.argv[1]))["disks"] if x["vdev"] == "xvda"][0]
+print("  xvda:", d.get("dm_uuid"), "LVM says:", sys.argv[2])
+sys.exit(0 if d.get("dm_uuid") == sys.argv[2] else 1)' "$1" "LVM-$vg$lv"
+}
+g5_same() { g5_identity > "$1"; diff /root/g5-identity "$1"; }
+g5_write() {
+  guest_request "$G5_IP2" "WRITE $(cat /root/g5-token)" > /tmp/write.g5 2>&1
+  cat /tmp/write.g5
+  grep -qx "disk2=$(cat /root/g5-token)" /tmp/write.g5
+}
+# g5_listed: `xenmaint list --json` shows g5 with both NICs (MAC, IP, bridge) and both disks.
+g5_listed() {
+  xenmaint list --json | python3 -c '
+import json, sys
+g = [d for d in map(json.loads, sys.stdin) if d.get("name") == "g5"][0]
+nics = sorted((n["mac"].lower(), n.get("ip"), n.get("bridge")) for n in g["nics"])
+disks = sorted(d["path"] for d in g["disks"])
+print("xenmaint list: g5", nics, disks)
+sys.exit(0 if nics == [("00:16:3e:58:4d:25", "'"$G5_IP"'", "xenbr0"), ("00:16:3e:58:4d:35", "'"$G5_IP2"'", "xenbr1")]
+         and disks == ["'"$G5_LV"'", "'"$G5_QCOW"'"] else 1)'
+}
+# g5_setup TEST: g5 made and started, a token on both its disks; its boot id and identity
+# kept in /root (g5-boot-id, g5-identity) for the checks after.
+g5_setup() {
+  local t=$1
+  check "$t" "g5 created: two vifs (xenbr0, xenbr1), an LVM and a qcow2 disk" make_g5
+  echo "g5-$(date +%s)-$RANDOM" > /root/g5-token
+  check "$t" "g5 takes a token on both disks, through its second NIC" g5_write
+  check "$t" "g5 answers at both IPs; both disks hold the token" g5_answers
+  sed -n 's/^boot_id=//p' /tmp/answer.g5 > /root/g5-boot-id
+  g5_identity > /root/g5-identity; cat /root/g5-identity
+  check "$t" "libxl has both NICs and both disks of g5" \
+    test "$(grep -c '^nic' /root/g5-identity)-$(grep -c '^disk' /root/g5-identity)" = 2-2
+  check "$t" "xvda on the logical volume (phy, its LV UUID), xvdb qcow2 through qdisk" \
+    bash -c "grep -Eq '^disk xvda $G5_LV phy raw lv [A-Za-z0-9-]{38}\$' /root/g5-identity && grep -q '^disk xvdb $G5_QCOW qdisk qcow2 file ' /root/g5-identity"
+}
+# g5_interop TEST DIR: `xenmaint save --out` -> `xl restore`, `xl save` -> `xenmaint
+# restore` of g5 (images in DIR); after each it answers with the memory it had, and its
+# identity is the one g5_setup kept.
+g5_interop() {
+  local t=$1 d=$2
+  check "$t" "xenmaint save --out g5" xenmaint save g5 --out "$d/g5.xm"
+  check "$t" "its manifest knows xvda by the LV's device-mapper UUID" g5_manifest_lv "$d/g5.xm.manifest.json"
+  check "$t" "xl restore of it" xl restore "$d/g5.xm"
+  check "$t" "g5 again at both IPs, same memory, both disks" g5_answers "$(cat /root/g5-boot-id)"
+  check "$t" "xl save g5" xl save g5 "$d/g5.xl"
+  check "$t" "xenmaint restore of xl's image" xenmaint restore "$d/g5.xl"
+  check "$t" "g5 again at both IPs, same memory, both disks" g5_answers "$(cat /root/g5-boot-id)"
+  check "$t" "same MACs, bridges, IPs and disks (LV UUID; qcow2 file's inode) after both" \
+    g5_same /root/g5-identity-after
+}
 wait_resume() {
   local rc=0 r=$NESTED_RESULTS
   xenmaint status --wait --timeout 900 --json > "$r/boot-$NESTED_BOOT-status.json" 2> "$r/boot-$NESTED_BOOT-status.err" || rc=$?

@@ -53,6 +53,9 @@ DOM0_PKGS=(
   iproute2 bridge-utils iputils-ping kmod procps util-linux e2fsprogs
   grub-common python3 less
   openssh-server   # the fleet rollout (scripts/ansible) reaches dom0 as root, by a run's key
+  # Instance storage as hosts keep it: LVM volumes, and qcow2 files served by QEMU's qdisk
+  # backend (libxl starts a QEMU for a PV guest that has one; also HVM's device model).
+  lvm2 qemu-system-xen qemu-utils
 )
 
 # nx_apt SUITE: APT_RELEASE set to apt options for SUITE from this machine's own sources

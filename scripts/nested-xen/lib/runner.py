@@ -55,11 +55,11 @@ def read_guests(path):
         f = line.split()
         if len(f) >= 5 and not f[0].startswith("#"):
             out.append({"name": f[0], "ip": f[1], "mac": f[2], "uuid": f[3],
-                        "extra": "extra" in f[5:]})
+                        "extra": "extra" in f[5:], "aside": "aside" in f[5:]})
     return out
 
 
-def qemu_cmd(mem, overlay, io_img, fwd, ctl_port, qmp):
+def qemu_cmd(mem, overlay, io_img, spare_img, fwd, ctl_port, qmp):
     """QEMU's command line. A snapshot is loaded with the command line it was made
     with, but for what is named here: files, ports and sockets on this machine's side,
     which the guest does not see. -nodefaults: no display, parallel port, CD-ROM or
@@ -70,6 +70,11 @@ def qemu_cmd(mem, overlay, io_img, fwd, ctl_port, qmp):
             "-monitor", "none", "-serial", "stdio", "-qmp", f"unix:{qmp},server=on,wait=off",
             "-drive", f"file={overlay},format=qcow2,if=ide,index=0,cache=unsafe",
             "-drive", f"file={io_img},format=raw,if=ide,index=1,cache=writeback",
+            # A blank disk for scenarios' instance storage (an LVM volume group): named by
+            # its serial (/dev/disk/by-id/ata-QEMU_HARDDISK_nested-spare), since dom0's
+            # sdX names change between boots.
+            "-drive", f"file={spare_img},format=raw,if=none,id=spare,cache=unsafe",
+            "-device", "ide-hd,drive=spare,bus=ide.2,serial=nested-spare",
             # restrict=on: no packet from the VM is routed anywhere (a guest that
             # is down must not turn dom0's probes into traffic to a real 10.0.2.x
             # address); hostfwd still brings clients in, and the one way out is
@@ -120,8 +125,10 @@ class Run:
                 f.write(b"no --outside script given: nothing to do\n@@rc=0\n"); f.flush(); return
             env = dict(os.environ, NESTED_BOOT=boot, NESTED_PHASE=phase, NESTED_OUT=self.out,
                        NESTED_OUTSIDE_STATE=os.path.join(self.out, "outside-state"),
-                       NESTED_GUESTS=" ".join(g["name"] for g in self.guests if not g["extra"]),
-                       NESTED_GUESTS_ALL=" ".join(g["name"] for g in self.guests),
+                       NESTED_GUESTS=" ".join(g["name"] for g in self.guests
+                                              if not g["extra"] and not g["aside"]),
+                       NESTED_GUESTS_ALL=" ".join(g["name"] for g in self.guests if not g["aside"]),
+                       NESTED_GUESTS_ASIDE=" ".join(g["name"] for g in self.guests if g["aside"]),
                        NESTED_SSH_PORT=str(self.ssh_port), NESTED_SSH_KEY=self.ssh_key)
             os.makedirs(env["NESTED_OUTSIDE_STATE"], exist_ok=True)
             for g in self.guests:
@@ -165,7 +172,7 @@ class Run:
         outside scripts do: (report, 0 if every guest answered with its own name)."""
         lines, bad = [], 0
         for g in self.guests:
-            if g["extra"]:
+            if g["extra"] or g["aside"]:
                 continue
             try:
                 with socket.create_connection(("127.0.0.1", g["port"]), timeout=15) as c:
@@ -236,6 +243,8 @@ class Run:
         io_img = os.path.join(work, "io.img")
         subprocess.run(["truncate", "-s", "1G", io_img], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "nested-io", "-d", io, io_img], check=True)
+        spare_img = os.path.join(work, "spare.img")   # blank (sparse) at every run
+        subprocess.run(["truncate", "-s", "128M", spare_img], check=True)
         overlay = os.path.join(work, "root.qcow2")
         # A warm start runs on the snapshot's disk (itself an overlay over the base image).
         backing, fmt = (os.path.join(a.warm, "root.qcow2"), "qcow2") if a.warm else (a.image, "raw")
@@ -246,7 +255,7 @@ class Run:
 
         fwd = ",".join([f"hostfwd=tcp:127.0.0.1:{g['port']}-{g['ip']}:7000" for g in self.guests]
                        + [f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-{DOM0_ADDR}:22"])
-        cmd = qemu_cmd(a.mem, overlay, io_img, fwd, ctl_port, self.qmp_path)
+        cmd = qemu_cmd(a.mem, overlay, io_img, spare_img, fwd, ctl_port, self.qmp_path)
         if a.warm:   # the snapshot's running host, memory and devices, goes on from there
             cmd += ["-incoming", f"exec:cat {shlex.quote(os.path.join(os.path.abspath(a.warm), 'ram.state'))}"]
         say("ports: " + " ".join(f"{g['name']}={g['ip']}:7000->127.0.0.1:{g['port']}" for g in self.guests)
@@ -513,7 +522,7 @@ def header(scenario, key):
 
 def main():
     if sys.argv[1:] == ["--qemu-template"]:   # what a snapshot depends on (`warm`'s key)
-        print(" ".join(qemu_cmd(MEM, "ROOT", "IO", "FWD", 0, "QMP")))
+        print(" ".join(qemu_cmd(MEM, "ROOT", "IO", "SPARE", "FWD", 0, "QMP")))
         return
     p = argparse.ArgumentParser()
     p.add_argument("--scenario", required=True)
