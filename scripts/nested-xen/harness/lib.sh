@@ -443,12 +443,13 @@ wait_resume() {
   echo "status --wait exit $rc"
   return 0
 }
-# all_back STATUS [dumped]: every planned guest is back in the status (or, given "dumped",
+# all_back STATUS [dumped]: every planned guest (the scenario's, guests) is back in the status (or, given "dumped",
 # one more dumped as planned), and runs exactly once.
 all_back() {
-  local dumped=${2:-}
-  jq_py "$1" 'sorted(g["state"] for g in st["guests"].values()) == sorted(["back"] * 3 + ['"${dumped:+\"dumped\"}"'])' \
-    && test "$(guest_count)" = 3 \
+  local dumped=${2:-} n
+  n=$(guests | wc -l)
+  jq_py "$1" 'sorted(g["state"] for g in st["guests"].values()) == sorted(["back"] * '"$n"' + ['"${dumped:+\"dumped\"}"'])' \
+    && test "$(guest_count)" = "$n" \
     && test "$(xl list | awk 'NR > 1 {print $1}' | sort | uniq -d | wc -l)" = 0
 }
 # Every guest runs with the UUID and MAC of the image's table.
